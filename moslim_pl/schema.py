@@ -1,0 +1,108 @@
+"""The dimension schema: which preference dimensions exist, their levels and where their labels come from.
+
+A dimension's *levels* are what users write in prefixes (``<verbosity 2>``) and what the reward
+model's head classifies. Without coarsening they are the raw label range ``low..high``. With
+``bins`` the raw range is cut into ``bins`` equal-width bins and the levels become
+``low..low + bins - 1`` (the paper's label-granularity ablation). A head's class index is always
+``level - low``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+
+class SchemaError(ValueError):
+    """A dimension declaration or a label does not fit the schema."""
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One preference dimension.
+
+    Args:
+        name: the name used in prefixes and metric keys (``val/acc/<name>``).
+        low: lowest raw label (inclusive).
+        high: highest raw label (inclusive).
+        column: the data column holding the raw label; defaults to ``name``.
+        bins: coarsen the raw range into this many equal-width levels.
+        default: level targeted when a prompt carries no prefix; ``None`` leaves the dimension out
+            of the default targets (if no dimension sets one, every dimension targets its top level).
+    """
+
+    name: str
+    low: int = 0
+    high: int = 4
+    column: str | None = None
+    bins: int | None = None
+    default: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise SchemaError(f"dimension name {self.name!r} must be non-empty letters, digits, '_' or '-'")
+        if self.high <= self.low:
+            raise SchemaError(f"dimension {self.name!r}: high ({self.high}) must exceed low ({self.low})")
+        if self.bins is not None and not 2 <= self.bins <= self.high - self.low + 1:
+            raise SchemaError(
+                f"dimension {self.name!r}: bins must be in [2, {self.high - self.low + 1}], got {self.bins}"
+            )
+        if self.default is not None and not self.min_level <= self.default <= self.max_level:
+            raise SchemaError(
+                f"dimension {self.name!r}: default {self.default} outside levels "
+                f"{self.min_level}..{self.max_level}"
+            )
+
+    @property
+    def source_column(self) -> str:
+        return self.column or self.name
+
+    @property
+    def num_levels(self) -> int:
+        return self.bins or self.high - self.low + 1
+
+    @property
+    def min_level(self) -> int:
+        return self.low
+
+    @property
+    def max_level(self) -> int:
+        return self.low + self.num_levels - 1
+
+    def label_to_class(self, raw: int) -> int:
+        """Map a raw label from the data to the head's class index (coarsening if ``bins`` is set)."""
+        if not self.low <= raw <= self.high:
+            raise SchemaError(f"label {raw} of dimension {self.name!r} is outside {self.low}..{self.high}")
+        offset = raw - self.low
+        if self.bins is None:
+            return offset
+        return offset * self.bins // (self.high - self.low + 1)
+
+    def level_to_class(self, level: int) -> int:
+        """Map a prefix level to the head's class index."""
+        if not self.min_level <= level <= self.max_level:
+            raise SchemaError(
+                f"level {level} of dimension {self.name!r} is outside {self.min_level}..{self.max_level}"
+            )
+        return level - self.low
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_dimensions(dimensions: Sequence[Dimension]) -> tuple[Dimension, ...]:
+    """Validate a schema (non-empty, unique names) and return it as a tuple."""
+    dims = tuple(Dimension(**d) if isinstance(d, dict) else d for d in dimensions)
+    if not dims:
+        raise SchemaError("the dimension schema is empty: declare at least one dimension")
+    names = [d.name for d in dims]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SchemaError(f"duplicate dimension name(s): {', '.join(dupes)}")
+    return dims
+
+
+def default_targets(dimensions: Sequence[Dimension]) -> dict[str, int]:
+    """Levels targeted by a prompt without a prefix (see ``Dimension.default``)."""
+    chosen = {d.name: d.default for d in dimensions if d.default is not None}
+    return chosen or {d.name: d.max_level for d in dimensions}
