@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
+from moslim_pl.errors import MoslimError
 from moslim_pl.schema import Dimension
 
 _TAG = re.compile(r"<([^<>]*)>")
@@ -18,7 +19,7 @@ _WELL_FORMED = re.compile(r"([A-Za-z0-9_\-]+) (-?\d+)")
 _TAG_LIKE = re.compile(r"[A-Za-z0-9_\-]+\s+\S+")
 
 
-class PrefixError(ValueError):
+class PrefixError(MoslimError):
     """A malformed prefix tag. ``tag`` is the offending text, ``position`` its character offset."""
 
     def __init__(self, reason: str, tag: str, position: int) -> None:

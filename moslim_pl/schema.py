@@ -12,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from moslim_pl.errors import MoslimError
 
-class SchemaError(ValueError):
+
+class SchemaError(MoslimError):
     """A dimension declaration or a label does not fit the schema."""
 
 

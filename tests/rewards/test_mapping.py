@@ -1,0 +1,261 @@
+"""Hand-computed checks of the reward mappings in ``moslim_pl.rewards.mapping``.
+
+The shared example has 2 rows and 2 heads: head 0 has 3 levels, head 1 has 2, so L = 3 and head 1's
+level 2 is padding (exact zero). Values are dyadic so the arithmetic in the comments is exact.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from moslim_pl.rewards.mapping import (
+    MAPPINGS,
+    MappedReward,
+    expected_level_mapping,
+    gaussian_mapping,
+    linear_mapping,
+    log_prob_mapping,
+    map_rewards,
+    resolve_targets,
+)
+
+F64 = torch.float64
+
+
+def _probs() -> torch.Tensor:
+    # row 0: head 0 [.25 .5 .25], head 1 [.75 .25 | 0];  row 1: head 0 [.125 .125 .75], head 1 [.5 .5 | 0]
+    return torch.tensor(
+        [
+            [[0.25, 0.5, 0.25], [0.75, 0.25, 0.0]],
+            [[0.125, 0.125, 0.75], [0.5, 0.5, 0.0]],
+        ],
+        dtype=F64,
+    )
+
+
+def _targets() -> torch.Tensor:
+    # row 0 names both dimensions; row 1 names only head 0
+    return torch.tensor([[1, 0], [2, -1]])
+
+
+NUM_LEVELS = torch.tensor([3, 2])
+MEAN = torch.tensor([[0.5, 0.25, 0.25], [0.5, 0.5, 0.0]], dtype=F64)
+STD = torch.tensor([[0.25, 0.5, 0.25], [0.125, 0.25, 0.0]], dtype=F64)
+
+
+def _assert_mapped(
+    out: MappedReward, reward: list[float], components: list[list[float]], mask: list[list[bool]]
+) -> None:
+    torch.testing.assert_close(out.reward, torch.tensor(reward, dtype=F64))
+    torch.testing.assert_close(out.components, torch.tensor(components, dtype=F64))
+    assert out.mask.dtype == torch.bool
+    assert out.mask.tolist() == mask
+
+
+def test_gaussian_hand_values() -> None:
+    out = gaussian_mapping(_probs(), _targets(), MEAN, STD, eps=0.0)
+    # row 0: head 0 t=1: (0.5 - 0.25) / 0.5 = 0.5;  head 1 t=0: (0.75 - 0.5) / 0.125 = 2;  mean 1.25
+    # row 1: head 0 t=2: (0.75 - 0.25) / 0.25 = 2;  head 1 masked;  mean over 1 term = 2
+    _assert_mapped(out, [1.25, 2.0], [[0.5, 2.0], [2.0, 0.0]], [[True, True], [True, False]])
+
+
+def test_gaussian_default_eps() -> None:
+    out = gaussian_mapping(_probs(), _targets(), MEAN, STD)
+    # row 1: 0.5 / (0.25 + 1e-6)
+    assert out.reward[1].item() == pytest.approx(0.5 / (0.25 + 1e-6), rel=1e-12)
+
+
+def test_expected_level_hand_values() -> None:
+    out = expected_level_mapping(_probs(), _targets(), NUM_LEVELS)
+    # E: row 0 head 0 = 0*.25 + 1*.5 + 2*.25 = 1;  head 1 = 1*.25 = 0.25
+    #    row 1 head 0 = 1*.125 + 2*.75 = 1.625;  head 1 = 0.5 (masked)
+    # spans (num_levels - 1) = [2, 1]: head 1 is normalized by 1, not by the padded L - 1 = 2
+    # row 0: -|1 - 1|/2 = 0, -|0.25 - 0|/1 = -0.25 -> mean -0.125;  row 1: -|1.625 - 2|/2 = -0.1875
+    _assert_mapped(out, [-0.125, -0.1875], [[0.0, -0.25], [-0.1875, 0.0]], [[True, True], [True, False]])
+
+
+def test_log_prob_hand_values() -> None:
+    out = log_prob_mapping(_probs(), _targets(), eps=0.0)
+    # row 0: (log .5 + log .75) / 2;  row 1: log .75
+    row0 = (math.log(0.5) + math.log(0.75)) / 2
+    _assert_mapped(
+        out,
+        [row0, math.log(0.75)],
+        [[math.log(0.5), math.log(0.75)], [math.log(0.75), 0.0]],
+        [[True, True], [True, False]],
+    )
+
+
+def test_log_prob_zero_probability_is_finite() -> None:
+    # head 1's padded level has p = 0; log(0 + 1e-8) stays finite
+    out = log_prob_mapping(_probs(), torch.tensor([[-1, 2], [-1, -1]]))
+    assert out.reward[0].item() == pytest.approx(math.log(1e-8))
+    assert out.reward[1].item() == 0.0
+
+
+def test_linear_hand_values() -> None:
+    weights = torch.tensor([1.0, 0.5], dtype=F64)
+    out = linear_mapping(_probs(), weights, NUM_LEVELS)
+    # row 0: 1 * 1/2 = 0.5, 0.5 * 0.25/1 = 0.125 -> sum 0.625
+    # row 1: 1 * 1.625/2 = 0.8125, 0.5 * 0.5/1 = 0.25 -> sum 1.0625
+    _assert_mapped(out, [0.625, 1.0625], [[0.5, 0.125], [0.8125, 0.25]], [[True, True], [True, True]])
+
+
+def test_linear_zero_weight_masks_dimension() -> None:
+    out = linear_mapping(_probs(), torch.tensor([1.0, 0.0]), NUM_LEVELS)
+    # only head 0: row 0 1/2 = 0.5, row 1 1.625/2 = 0.8125
+    _assert_mapped(out, [0.5, 0.8125], [[0.5, 0.0], [0.8125, 0.0]], [[True, False], [True, False]])
+
+
+def _target_mappings() -> dict[str, dict]:
+    return {
+        "gaussian": {"mean": MEAN, "std": STD},
+        "expected_level": {"num_levels": NUM_LEVELS},
+        "log_prob": {},
+    }
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "expected_level", "log_prob"])
+def test_unnamed_head_does_not_change_reward(kind: str) -> None:
+    probs = _probs()
+    changed = probs.clone()
+    changed[1, 1] = torch.tensor([0.0, 1.0, 0.0], dtype=F64)  # row 1 does not name head 1
+    kwargs = _target_mappings()[kind]
+    base = map_rewards(kind, probs, _targets(), **kwargs)
+    other = map_rewards(kind, changed, _targets(), **kwargs)
+    torch.testing.assert_close(base.reward, other.reward)
+    torch.testing.assert_close(base.components, other.components)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "expected_level", "log_prob"])
+def test_unnamed_dimension_changes_nothing(kind: str) -> None:
+    # naming only head 0 with the same level gives the same row reward as a one-head problem
+    kwargs = _target_mappings()[kind]
+    two_heads = map_rewards(kind, _probs(), torch.tensor([[1, -1], [2, -1]]), **kwargs)
+    one_head_kwargs = {k: v[:1] for k, v in kwargs.items()}
+    one_head = map_rewards(kind, _probs()[:, :1], torch.tensor([[1], [2]]), **one_head_kwargs)
+    torch.testing.assert_close(two_heads.reward, one_head.reward)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "expected_level", "log_prob"])
+def test_gradient_is_finite_and_zero_for_unnamed_head(kind: str) -> None:
+    probs = _probs().requires_grad_(True)
+    before = probs.detach().clone()
+    out = map_rewards(kind, probs, _targets(), **_target_mappings()[kind])
+    out.reward.sum().backward()
+    assert torch.isfinite(probs.grad).all()
+    assert (probs.grad[1, 1] == 0).all()
+    assert torch.equal(probs.detach(), before)  # inputs untouched
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "expected_level", "log_prob"])
+def test_empty_row_gets_zero(kind: str) -> None:
+    out = map_rewards(kind, _probs(), torch.tensor([[1, 0], [-1, -1]]), **_target_mappings()[kind])
+    assert out.reward[1].item() == 0.0
+    assert not out.mask[1].any()
+    assert (out.components[1] == 0).all()
+
+
+def test_resolve_targets() -> None:
+    targets = torch.tensor([[-1, -1], [2, -1], [-1, 1]])
+    # only row 0 has no prefix; rows naming some dimensions keep exactly those
+    assert resolve_targets(targets, torch.tensor([1, 0])).tolist() == [[1, 0], [2, -1], [-1, 1]]
+    # a default of -1 leaves that dimension unnamed
+    assert resolve_targets(targets, torch.tensor([-1, 1])).tolist() == [[-1, 1], [2, -1], [-1, 1]]
+
+
+def test_resolved_defaults_feed_mapping() -> None:
+    targets = resolve_targets(torch.tensor([[-1, -1], [2, -1]]), torch.tensor([1, 0]))
+    out = gaussian_mapping(_probs(), targets, MEAN, STD, eps=0.0)
+    # row 0 falls back to targets [1, 0]: same as test_gaussian_hand_values -> 1.25
+    torch.testing.assert_close(out.reward, torch.tensor([1.25, 2.0], dtype=F64))
+
+
+def test_dtype_follows_probs() -> None:
+    probs = _probs().float()
+    out = gaussian_mapping(probs, _targets(), MEAN, STD, eps=0.0)  # float64 stats, float32 probs
+    assert out.reward.dtype == torch.float32
+    assert out.components.dtype == torch.float32
+    torch.testing.assert_close(out.reward, torch.tensor([1.25, 2.0]))
+    assert expected_level_mapping(probs, _targets(), NUM_LEVELS).reward.dtype == torch.float32
+    assert (
+        linear_mapping(probs, torch.tensor([1.0, 1.0], dtype=F64), NUM_LEVELS).reward.dtype == torch.float32
+    )
+
+
+def test_dispatcher_matches_direct_calls() -> None:
+    probs, targets = _probs(), _targets()
+    weights = torch.tensor([1.0, 0.5], dtype=F64)
+    pairs = {
+        "gaussian": (
+            map_rewards("gaussian", probs, targets, mean=MEAN, std=STD, eps=0.0),
+            gaussian_mapping(probs, targets, MEAN, STD, eps=0.0),
+        ),
+        "expected_level": (
+            map_rewards("expected_level", probs, targets, num_levels=NUM_LEVELS),
+            expected_level_mapping(probs, targets, NUM_LEVELS),
+        ),
+        "log_prob": (
+            map_rewards("log_prob", probs, targets, eps=0.0),
+            log_prob_mapping(probs, targets, eps=0.0),
+        ),
+        "linear": (
+            map_rewards("linear", probs, None, weights=weights, num_levels=NUM_LEVELS),
+            linear_mapping(probs, weights, NUM_LEVELS),
+        ),
+    }
+    assert set(pairs) == set(MAPPINGS)
+    for via_dispatch, direct in pairs.values():
+        for a, b in zip(via_dispatch, direct, strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_dispatcher_default_eps() -> None:
+    out = map_rewards("log_prob", _probs(), torch.tensor([[-1, 2], [-1, -1]]))
+    assert out.reward[0].item() == pytest.approx(math.log(1e-8))  # log_prob's own default
+
+
+def test_dispatcher_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="'softmax'") as info:
+        map_rewards("softmax", _probs(), _targets())
+    message = str(info.value)
+    assert "\n" not in message
+    assert all(name in message for name in MAPPINGS)
+
+
+@pytest.mark.parametrize(
+    ("kind", "kwargs", "expected"),
+    [
+        ("gaussian", {"mean": MEAN}, "the gaussian mapping needs mean and std (missing: std)"),
+        ("gaussian", {}, "the gaussian mapping needs mean and std (missing: mean, std)"),
+        ("expected_level", {}, "the expected_level mapping needs num_levels"),
+        ("linear", {"num_levels": NUM_LEVELS}, "the linear mapping needs weights and num_levels"),
+    ],
+)
+def test_dispatcher_missing_argument(kind: str, kwargs: dict, expected: str) -> None:
+    with pytest.raises(ValueError) as info:
+        map_rewards(kind, _probs(), _targets(), **kwargs)
+    assert str(info.value).startswith(expected)
+
+
+def test_dispatcher_missing_targets() -> None:
+    with pytest.raises(ValueError, match="the log_prob mapping needs targets"):
+        map_rewards("log_prob", _probs(), None)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "log_prob"])
+def test_masked_degenerate_slot_keeps_gradient_finite(kind: str) -> None:
+    # row 0 leaves head 1 unnamed; its clamped index 0 points at a zero-std, zero-probability level.
+    # With eps = 0 a naive version gives 0 / 0 = NaN in backward (grad 0 divided by sigma or p = 0).
+    probs = torch.tensor([[[0.5, 0.5], [0.0, 1.0]]], dtype=F64, requires_grad=True)
+    std = torch.tensor([[0.25, 0.25], [0.0, 0.25]], dtype=F64)
+    kwargs = {"mean": torch.full((2, 2), 0.5, dtype=F64), "std": std} if kind == "gaussian" else {}
+    out = map_rewards(kind, probs, torch.tensor([[0, -1]]), eps=0.0, **kwargs)
+    out.reward.sum().backward()
+    assert torch.isfinite(probs.grad).all()
+    assert (probs.grad[0, 1] == 0).all()
+    # gaussian: (0.5 - 0.5) / 0.25 = 0;  log_prob: log 0.5
+    assert out.reward.item() == pytest.approx(0.0 if kind == "gaussian" else math.log(0.5))
