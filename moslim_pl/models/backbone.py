@@ -1,0 +1,211 @@
+"""Loading tokenizers and backbones: Hugging Face ids and folders, plus tiny offline models built from a config.
+
+The tiny ids (``moslim/tiny-llama``, ``moslim/tiny-bert``) need no network: their tokenizer is a word-level
+tokenizer over the synthetic world's vocabulary and their weights are freshly initialised from a small config.
+Once saved (``save_pretrained``) they reload through ``AutoModel``/``AutoTokenizer`` like any other model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    BertConfig,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
+
+log = logging.getLogger(__name__)
+
+TINY_BACKBONES = ("moslim/tiny-llama", "moslim/tiny-bert")
+"""Pseudo ids of offline tiny backbones built from a config (no download)."""
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[SEP]", "[EOS]")
+"""Special tokens of the word tokenizer, in id order: ``[PAD]`` is 0."""
+
+ENCODER_MODEL_TYPES = frozenset(
+    {
+        "albert",
+        "bert",
+        "camembert",
+        "convbert",
+        "deberta",
+        "deberta-v2",
+        "distilbert",
+        "electra",
+        "ernie",
+        "funnel",
+        "longformer",
+        "megatron-bert",
+        "mobilebert",
+        "modernbert",
+        "mpnet",
+        "nomic_bert",
+        "rembert",
+        "roberta",
+        "roberta-prelayernorm",
+        "roformer",
+        "squeezebert",
+        "xlm",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+    }
+)
+
+# Small enough to train in seconds on a CPU, big enough for the synthetic world's oracle features.
+_TINY_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "max_position_embeddings": 512,
+}
+
+_WORD_PATTERN = r"\w+|[^\w\s]"
+
+
+def build_word_tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:
+    """A word-level fast tokenizer over ``words`` (lower-cased; unknown words map to ``[UNK]``).
+
+    A single sequence gets no special tokens (a policy generates right after the prompt); a pair is
+    ``prompt [SEP] response [EOS]``. Decoding joins tokens with spaces.
+    """
+    vocab: dict[str, int] = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for word in words:
+        vocab.setdefault(word.lower(), len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.Lowercase()
+    # invert=True keeps the regex matches as the pieces, dropping the whitespace between them
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(_WORD_PATTERN), behavior="removed", invert=True)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A",
+        pair="$A [SEP] $B [EOS]",
+        special_tokens=[("[SEP]", vocab["[SEP]"]), ("[EOS]", vocab["[EOS]"])],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        eos_token="[EOS]",
+        model_input_names=["input_ids", "attention_mask"],
+        model_max_length=_TINY_DEFAULTS["max_position_embeddings"],
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def _check_local(name_or_path: str, what: str) -> None:
+    """Fail fast on a path-like name that does not exist, instead of asking the hub for it."""
+    path = Path(name_or_path).expanduser()
+    looks_local = path.is_absolute() or name_or_path.startswith((".", "~"))
+    if looks_local and not path.is_dir():
+        raise ValueError(f"cannot load {what} {name_or_path!r}: no such folder")
+
+
+def _hub_kwargs(trust_remote_code: bool, gguf_file: str | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    return kwargs
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def load_tokenizer(
+    name_or_path: str, *, trust_remote_code: bool = False, gguf_file: str | None = None
+) -> PreTrainedTokenizerBase:
+    """The tokenizer of a tiny id, hub id or folder, guaranteed to have a pad token.
+
+    A tokenizer without a pad token pads with its eos token (padding is always masked out).
+    """
+    if name_or_path in TINY_BACKBONES:
+        from moslim_pl.data.synthetic import vocabulary  # lazy: the synthetic world is only needed here
+
+        return build_word_tokenizer(vocabulary())
+    _check_local(name_or_path, "tokenizer")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **_hub_kwargs(trust_remote_code, gguf_file))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot load tokenizer {name_or_path!r}: {_one_line(err)}") from err
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(
+                f"tokenizer {name_or_path!r} has neither a pad token nor an eos token to pad with"
+            )
+        log.info(
+            "tokenizer %r has no pad token: padding with its eos token %r", name_or_path, tokenizer.eos_token
+        )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _tiny_config(
+    name: str, tokenizer: PreTrainedTokenizerBase, overrides: dict[str, Any]
+) -> PretrainedConfig:
+    fields = dict(_TINY_DEFAULTS, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+    if name == "moslim/tiny-llama":
+        fields.update(num_key_value_heads=2, bos_token_id=None, eos_token_id=tokenizer.eos_token_id)
+        fields.update(overrides)
+        return LlamaConfig(**fields)
+    fields.update(overrides)
+    return BertConfig(**fields)
+
+
+def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:
+    if isinstance(dtype, str) and dtype != "auto":
+        resolved = getattr(torch, dtype, None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}")
+        return resolved
+    return dtype
+
+
+def load_backbone(
+    name_or_path: str,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    tiny_config: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+    gguf_file: str | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> PreTrainedModel:
+    """The base model (no LM head) of a tiny id, hub id or folder.
+
+    Args:
+        name_or_path: one of ``TINY_BACKBONES``, a hub id or a local folder (an RM export works too).
+        tokenizer: for tiny ids, the tokenizer that fixes the vocabulary size and pad id
+            (default: ``load_tokenizer(name_or_path)``). Ignored otherwise.
+        tiny_config: fields overriding the tiny config (e.g. ``{"hidden_size": 32}``).
+        dtype: parameter dtype (``torch.bfloat16`` or ``"bfloat16"``); default: the checkpoint's.
+    """
+    dtype = _as_dtype(dtype)
+    if name_or_path in TINY_BACKBONES:
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name_or_path)
+        config = _tiny_config(name_or_path, tokenizer, tiny_config or {})
+        model = AutoModel.from_config(config)
+        return model.to(dtype) if isinstance(dtype, torch.dtype) else model
+    _check_local(name_or_path, "backbone")
+    kwargs = _hub_kwargs(trust_remote_code, gguf_file)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    try:
+        return AutoModel.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"cannot load backbone {name_or_path!r}: {_one_line(err)}") from err
+
+
+def is_encoder(config: PretrainedConfig) -> bool:
+    """Whether the backbone is a bidirectional encoder (mean pooling) rather than a decoder (last token)."""
+    return getattr(config, "model_type", None) in ENCODER_MODEL_TYPES

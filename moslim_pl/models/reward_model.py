@@ -1,0 +1,359 @@
+"""The multi-head classification reward model: one backbone, one classification head per dimension.
+
+Each head classifies a (prompt, response) pair into its dimension's intensity levels. Heads with fewer
+levels than the widest one are padded so that every output is one ``[N, K, L]`` tensor (``K`` heads,
+``L`` = the largest number of levels). The running statistics of every (head, level) probability live in
+buffers, so that checkpoints and exports carry them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from moslim_pl.data.encoding import encode_prompt_response
+from moslim_pl.models.backbone import is_encoder, load_backbone, load_tokenizer
+from moslim_pl.prefix import parse_prefix
+from moslim_pl.schema import Dimension, check_dimensions, default_targets
+
+log = logging.getLogger(__name__)
+
+RM_CONFIG = "moslim_rm.json"
+HEADS_FILE = "heads.safetensors"
+FORMAT_VERSION = 1
+POOLINGS = ("auto", "last", "cls", "mean")
+
+
+class ScoreOutput(NamedTuple):
+    """What :meth:`MultiHeadRewardModel.score` returns (CPU float32; N pairs, K heads, L levels)."""
+
+    reward: Tensor
+    """[N] the mapped scalar reward."""
+    components: Tensor
+    """[N, K] per-dimension terms of the reward (0 where masked)."""
+    mask: Tensor
+    """[N, K] bool, True where the dimension contributes."""
+    probs: Tensor
+    """[N, K, L] per-head probabilities, exact 0 on padded levels."""
+
+
+def _accepts_position_ids(backbone: nn.Module) -> bool:
+    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    return "position_ids" in inspect.signature(base.forward).parameters
+
+
+class MultiHeadRewardModel(nn.Module):
+    """A backbone with one ``nn.Linear(hidden, num_levels)`` head per preference dimension.
+
+    Args:
+        backbone: a base model without LM head (``AutoModel``), returning ``last_hidden_state``.
+        dimensions: the schema; head order follows it.
+        pooling: ``"auto"`` (``"last"`` for decoders, ``"mean"`` for encoders), ``"last"`` (last attended
+            token, for left or right padding), ``"cls"`` (first attended token, i.e. position 0 under right
+            padding) or ``"mean"`` (mean over attended tokens).
+        tokenizer: needed by :meth:`score` and saved by :meth:`save_pretrained`.
+        max_length: token budget of one (prompt, response) pair in :meth:`score`.
+        chat_template: encode pairs with the tokenizer's chat template instead of its pair encoding.
+    """
+
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        dimensions: Sequence[Dimension],
+        pooling: str = "auto",
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        max_length: int = 512,
+        chat_template: bool = False,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
+        self.backbone = backbone
+        self._dimensions = check_dimensions(dimensions)
+        encoder = is_encoder(backbone.config)
+        self.pooling = ("mean" if encoder else "last") if pooling == "auto" else pooling
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.chat_template = chat_template
+        # Decoders with left padding need positions counted from the first real token to match the
+        # unpadded sequence; encoders keep their own scheme (RoBERTa offsets positions by the pad id).
+        self._pass_positions = not encoder and _accepts_position_ids(backbone)
+        # ALBERT-like models embed in a smaller size than their hidden states; hidden_size is what pools.
+        hidden = (
+            getattr(backbone.config, "hidden_size", None) or backbone.get_input_embeddings().embedding_dim
+        )
+        dtype = next(backbone.parameters()).dtype
+        self.heads = nn.ModuleDict(
+            {d.name: nn.Linear(hidden, d.num_levels, dtype=dtype) for d in self._dimensions}
+        )
+        levels = torch.tensor([d.num_levels for d in self._dimensions], dtype=torch.long)
+        valid = torch.arange(int(levels.max())) < levels[:, None]  # [K, L]
+        self.register_buffer("stats_mean", valid.float() / levels[:, None].float())
+        self.register_buffer("stats_std", torch.ones(valid.shape))
+        self.register_buffer("stats_count", torch.zeros(()))
+        self.register_buffer("num_levels", levels, persistent=False)
+
+    @property
+    def dimensions(self) -> tuple[Dimension, ...]:
+        return self._dimensions
+
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d in self._dimensions]
+
+    @property
+    def num_levels_list(self) -> list[int]:
+        return [d.num_levels for d in self._dimensions]
+
+    @property
+    def max_levels(self) -> int:
+        return max(self.num_levels_list)
+
+    def _pool(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
+        """``hidden [N, T, H]``, ``attention_mask [N, T]`` -> ``[N, H]``."""
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        if self.pooling == "mean":
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        if self.pooling == "cls":
+            return hidden[rows, attention_mask.long().argmax(-1)]
+        # Highest attended position: the last real token whichever side the padding is on.
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        return hidden[rows, (positions * attention_mask.long()).argmax(-1)]
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """``input_ids [N, T]``, ``attention_mask [N, T]`` -> logits ``[N, K, L]``.
+
+        Levels a head does not have hold ``finfo(dtype).min`` so that softmax gives them 0.
+        """
+        kwargs = {}
+        if self._pass_positions:
+            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        pooled = self._pool(out.last_hidden_state, attention_mask)
+        width = self.max_levels
+        logits = []
+        for head in self.heads.values():
+            head_logits = head(pooled.to(head.weight.dtype))
+            fill = torch.finfo(head_logits.dtype).min
+            logits.append(F.pad(head_logits, (0, width - head_logits.shape[-1]), value=fill))
+        return torch.stack(logits, dim=1)
+
+    def probabilities(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Per-head softmax ``[N, K, L]``; padded levels are exactly 0."""
+        probs = self(input_ids, attention_mask).softmax(-1)
+        valid = torch.arange(probs.shape[-1], device=probs.device) < self.num_levels[:, None]
+        return probs * valid
+
+    def targets_tensor(self, targets: Sequence[Mapping[str, int]]) -> Tensor:
+        """Rows of ``{name: level}`` (prefix levels) -> ``[N, K]`` long class indices, -1 where not named."""
+        index = {d.name: k for k, d in enumerate(self._dimensions)}
+        out = torch.full((len(targets), len(index)), -1, dtype=torch.long)
+        for row, requested in enumerate(targets):
+            for name, level in requested.items():
+                if name not in index:
+                    raise ValueError(
+                        f"unknown dimension {name!r} in targets row {row}; known: {', '.join(index)}"
+                    )
+                out[row, index[name]] = self._dimensions[index[name]].level_to_class(int(level))
+        return out
+
+    def default_targets_tensor(self) -> Tensor:
+        """``[K]`` long class indices targeted by a prompt without prefix, -1 for dimensions left out."""
+        return self.targets_tensor([default_targets(self._dimensions)])[0]
+
+    @torch.inference_mode()
+    def score(
+        self,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        targets: Sequence[Mapping[str, int]] | None = None,
+        mapping: str = "gaussian",
+        weights: Sequence[float] | None = None,
+        batch_size: int = 16,
+    ) -> ScoreOutput:
+        """Score (prompt, response) pairs; the prompts' ``<name level>`` prefixes are stripped first.
+
+        Args:
+            prompts: N prompts, with or without prefix.
+            responses: N responses.
+            targets: N rows of ``{name: level}``; default: each prompt's prefix. A row naming nothing
+                gets the default targets.
+            mapping: a reward mapping of ``moslim_pl.rewards.mapping`` (the running stats feed ``gaussian``).
+            weights: ``[K]`` weights of the ``linear`` mapping.
+            batch_size: pairs per forward pass.
+        """
+        from moslim_pl.rewards.mapping import map_rewards, resolve_targets
+
+        if self.tokenizer is None:
+            raise ValueError("score() needs a tokenizer: pass tokenizer= to MultiHeadRewardModel")
+        if len(prompts) != len(responses) or (targets is not None and len(targets) != len(prompts)):
+            raise ValueError(
+                f"score() got {len(prompts)} prompts, {len(responses)} responses and "
+                f"{'no' if targets is None else len(targets)} target rows; they must match"
+            )
+        parsed = [parse_prefix(prompt, self._dimensions) for prompt in prompts]
+        rows = [levels for levels, _ in parsed] if targets is None else targets
+        target_idx = resolve_targets(self.targets_tensor(rows), self.default_targets_tensor())
+        encoded = [
+            encode_prompt_response(self.tokenizer, text, response, self.max_length, self.chat_template)
+            for (_, text), response in zip(parsed, responses, strict=True)
+        ]
+        probs = self._batched_probabilities(encoded, batch_size)
+        out = map_rewards(
+            mapping,
+            probs,
+            target_idx,
+            mean=self.stats_mean.detach().float().cpu(),
+            std=self.stats_std.detach().float().cpu(),
+            num_levels=self.num_levels.cpu(),
+            weights=None if weights is None else torch.tensor(weights, dtype=torch.float32),
+        )
+        return ScoreOutput(out.reward.float(), out.components.float(), out.mask, probs)
+
+    def _batched_probabilities(self, encoded: list[list[int]], batch_size: int) -> Tensor:
+        """Token id lists -> CPU float32 probabilities ``[N, K, L]``, right-padding each batch to its longest."""
+        device = next(self.parameters()).device
+        pad_id = self.tokenizer.pad_token_id
+        was_training = self.training
+        self.eval()  # dropout would make scores depend on the call
+        try:
+            chunks = []
+            for start in range(0, len(encoded), batch_size):
+                batch = encoded[start : start + batch_size]
+                width = max(len(ids) for ids in batch)
+                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, ids in enumerate(batch):
+                    input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                    attention_mask[row, : len(ids)] = 1
+                probs = self.probabilities(input_ids.to(device), attention_mask.to(device))
+                chunks.append(probs.float().cpu())
+        finally:
+            self.train(was_training)
+        if not chunks:
+            return torch.zeros((0, len(self._dimensions), self.max_levels))
+        return torch.cat(chunks)
+
+    def _head_state(self) -> dict[str, Tensor]:
+        """Heads' weights and the persistent stats buffers, i.e. everything but the backbone."""
+        return {
+            key: value.detach().cpu().contiguous()
+            for key, value in self.state_dict().items()
+            if not key.startswith("backbone.")
+        }
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Export to a Hugging Face-format folder, atomically (staged in a sibling folder, then renamed).
+
+        The folder holds the backbone's own files (``AutoModel.from_pretrained(folder)`` loads it alone),
+        the tokenizer's files, ``moslim_rm.json`` (schema, pooling, encoding) and ``heads.safetensors``
+        (heads and running statistics). An existing folder is replaced only once the new one is complete.
+        """
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        try:
+            self.backbone.save_pretrained(staging)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(staging)
+            save_file(self._head_state(), staging / HEADS_FILE)
+            config = {
+                "format_version": FORMAT_VERSION,
+                "dimensions": [d.to_dict() for d in self._dimensions],
+                "pooling": self.pooling,
+                "max_length": self.max_length,
+                "chat_template": self.chat_template,
+            }
+            (staging / RM_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+            _replace_folder(staging, folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        log.info("exported reward model to %s", folder)
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, *, dtype: torch.dtype | str | None = None
+    ) -> MultiHeadRewardModel:
+        """Reload an export of :meth:`save_pretrained` (backbone, tokenizer, schema, heads and statistics)."""
+        folder = Path(folder)
+        config = _read_config(folder)
+        has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+        tokenizer = load_tokenizer(str(folder)) if has_tokenizer else None
+        model = cls(
+            load_backbone(str(folder), dtype=dtype),
+            config["dimensions"],
+            pooling=config["pooling"],
+            tokenizer=tokenizer,
+            max_length=config["max_length"],
+            chat_template=config["chat_template"],
+        )
+        heads_path = folder / HEADS_FILE
+        if not heads_path.is_file():
+            raise ValueError(f"reward model export {str(folder)!r} lacks {HEADS_FILE}")
+        state = load_file(heads_path)
+        expected = set(model._head_state())
+        if set(state) != expected:
+            raise ValueError(
+                f"{heads_path} does not match the schema in {RM_CONFIG}: "
+                f"missing {sorted(expected - set(state))}, unexpected {sorted(set(state) - expected)}"
+            )
+        model.load_state_dict(state, strict=False)
+        return model
+
+
+def _replace_folder(staging: Path, folder: Path) -> None:
+    """Move the complete ``staging`` folder to ``folder``, removing a previous export only afterwards."""
+    if not folder.exists():
+        os.replace(staging, folder)
+        return
+    backup = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+    backup.rmdir()  # only the unique name is wanted; os.replace needs the target absent
+    os.replace(folder, backup)
+    try:
+        os.replace(staging, folder)
+    except BaseException:
+        os.replace(backup, folder)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _read_config(folder: Path) -> dict:
+    """The validated ``moslim_rm.json`` of an export; any problem is a one-line ValueError."""
+    path = folder / RM_CONFIG
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        reason = " ".join(str(err).split())
+        raise ValueError(
+            f"{str(folder)!r} is not a reward model export: cannot read {RM_CONFIG} ({reason})"
+        ) from err
+    required = ("format_version", "dimensions", "pooling", "max_length", "chat_template")
+    missing = [key for key in required if not isinstance(config, dict) or key not in config]
+    if missing:
+        raise ValueError(f"invalid {RM_CONFIG} in {str(folder)!r}: missing {', '.join(missing)}")
+    if config["format_version"] != FORMAT_VERSION:
+        raise ValueError(
+            f"invalid {RM_CONFIG} in {str(folder)!r}: format_version {config['format_version']!r}, "
+            f"this version reads {FORMAT_VERSION}"
+        )
+    try:
+        config["dimensions"] = check_dimensions(config["dimensions"])
+    except (TypeError, ValueError) as err:
+        reason = " ".join(str(err).split())
+        raise ValueError(f"invalid {RM_CONFIG} in {str(folder)!r}: bad dimensions ({reason})") from err
+    return config
