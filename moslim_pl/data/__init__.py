@@ -1,0 +1,6 @@
+"""Datamodules, sources and schemas, the synthetic world and collation."""
+
+from moslim_pl.data.preference import PreferenceDataModule
+from moslim_pl.data.sources import DataError, DataSource, SyntheticConfig
+
+__all__ = ["DataError", "DataSource", "PreferenceDataModule", "SyntheticConfig"]

@@ -25,6 +25,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from moslim_pl.errors import MoslimError
+
 log = logging.getLogger(__name__)
 
 TINY_BACKBONES = ("moslim/tiny-llama", "moslim/tiny-bert")
@@ -109,7 +111,7 @@ def _check_local(name_or_path: str, what: str) -> None:
     path = Path(name_or_path).expanduser()
     looks_local = path.is_absolute() or name_or_path.startswith((".", "~"))
     if looks_local and not path.is_dir():
-        raise ValueError(f"cannot load {what} {name_or_path!r}: no such folder")
+        raise MoslimError(f"cannot load {what} {name_or_path!r}: no such folder")
 
 
 def _hub_kwargs(trust_remote_code: bool, gguf_file: str | None) -> dict[str, Any]:
@@ -138,10 +140,10 @@ def load_tokenizer(
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **_hub_kwargs(trust_remote_code, gguf_file))
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot load tokenizer {name_or_path!r}: {_one_line(err)}") from err
+        raise MoslimError(f"cannot load tokenizer {name_or_path!r}: {_one_line(err)}") from err
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise ValueError(
+            raise MoslimError(
                 f"tokenizer {name_or_path!r} has neither a pad token nor an eos token to pad with"
             )
         log.info(
@@ -167,7 +169,7 @@ def _as_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str | None:
     if isinstance(dtype, str) and dtype != "auto":
         resolved = getattr(torch, dtype, None)
         if not isinstance(resolved, torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r}")
+            raise MoslimError(f"unknown dtype {dtype!r}")
         return resolved
     return dtype
 
@@ -203,7 +205,7 @@ def load_backbone(
     try:
         return AutoModel.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError, KeyError) as err:
-        raise ValueError(f"cannot load backbone {name_or_path!r}: {_one_line(err)}") from err
+        raise MoslimError(f"cannot load backbone {name_or_path!r}: {_one_line(err)}") from err
 
 
 def is_encoder(config: PretrainedConfig) -> bool:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from moslim_pl.data.encoding import encode_prompt_response
+from moslim_pl.errors import MoslimError
 from moslim_pl.models.backbone import is_encoder, load_backbone, load_tokenizer
 from moslim_pl.prefix import parse_prefix
 from moslim_pl.schema import Dimension, check_dimensions, default_targets
@@ -80,7 +81,7 @@ class MultiHeadRewardModel(nn.Module):
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
+            raise MoslimError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}")
         self.backbone = backbone
         self._dimensions = check_dimensions(dimensions)
         encoder = is_encoder(backbone.config)
@@ -165,7 +166,7 @@ class MultiHeadRewardModel(nn.Module):
         for row, requested in enumerate(targets):
             for name, level in requested.items():
                 if name not in index:
-                    raise ValueError(
+                    raise MoslimError(
                         f"unknown dimension {name!r} in targets row {row}; known: {', '.join(index)}"
                     )
                 out[row, index[name]] = self._dimensions[index[name]].level_to_class(int(level))
@@ -199,9 +200,9 @@ class MultiHeadRewardModel(nn.Module):
         from moslim_pl.rewards.mapping import map_rewards, resolve_targets
 
         if self.tokenizer is None:
-            raise ValueError("score() needs a tokenizer: pass tokenizer= to MultiHeadRewardModel")
+            raise MoslimError("score() needs a tokenizer: pass tokenizer= to MultiHeadRewardModel")
         if len(prompts) != len(responses) or (targets is not None and len(targets) != len(prompts)):
-            raise ValueError(
+            raise MoslimError(
                 f"score() got {len(prompts)} prompts, {len(responses)} responses and "
                 f"{'no' if targets is None else len(targets)} target rows; they must match"
             )
@@ -304,11 +305,11 @@ class MultiHeadRewardModel(nn.Module):
         )
         heads_path = folder / HEADS_FILE
         if not heads_path.is_file():
-            raise ValueError(f"reward model export {str(folder)!r} lacks {HEADS_FILE}")
+            raise MoslimError(f"reward model export {str(folder)!r} lacks {HEADS_FILE}")
         state = load_file(heads_path)
         expected = set(model._head_state())
         if set(state) != expected:
-            raise ValueError(
+            raise MoslimError(
                 f"{heads_path} does not match the schema in {RM_CONFIG}: "
                 f"missing {sorted(expected - set(state))}, unexpected {sorted(set(state) - expected)}"
             )
@@ -339,15 +340,15 @@ def _read_config(folder: Path) -> dict:
         config = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         reason = " ".join(str(err).split())
-        raise ValueError(
+        raise MoslimError(
             f"{str(folder)!r} is not a reward model export: cannot read {RM_CONFIG} ({reason})"
         ) from err
     required = ("format_version", "dimensions", "pooling", "max_length", "chat_template")
     missing = [key for key in required if not isinstance(config, dict) or key not in config]
     if missing:
-        raise ValueError(f"invalid {RM_CONFIG} in {str(folder)!r}: missing {', '.join(missing)}")
+        raise MoslimError(f"invalid {RM_CONFIG} in {str(folder)!r}: missing {', '.join(missing)}")
     if config["format_version"] != FORMAT_VERSION:
-        raise ValueError(
+        raise MoslimError(
             f"invalid {RM_CONFIG} in {str(folder)!r}: format_version {config['format_version']!r}, "
             f"this version reads {FORMAT_VERSION}"
         )
@@ -355,5 +356,5 @@ def _read_config(folder: Path) -> dict:
         config["dimensions"] = check_dimensions(config["dimensions"])
     except (TypeError, ValueError) as err:
         reason = " ".join(str(err).split())
-        raise ValueError(f"invalid {RM_CONFIG} in {str(folder)!r}: bad dimensions ({reason})") from err
+        raise MoslimError(f"invalid {RM_CONFIG} in {str(folder)!r}: bad dimensions ({reason})") from err
     return config

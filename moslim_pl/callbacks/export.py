@@ -1,0 +1,36 @@
+"""ExportCallback: write the trained model as a Hugging Face-format folder when fit ends."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+log = logging.getLogger(__name__)
+
+
+class ExportCallback(Callback):
+    """Call ``pl_module.export(dirpath)`` at the end of fit, on global rank 0.
+
+    Place it after ``RewardStatsCallback`` in the callback list so the export carries the
+    re-estimated statistics.
+
+    Args:
+        dirpath: the export folder; ``None`` puts it at ``<trainer.log_dir>/export``.
+    """
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        self.dirpath = dirpath
+
+    def resolve_dirpath(self, trainer: Trainer) -> Path:
+        if self.dirpath is not None:
+            return Path(self.dirpath)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "export"
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        folder = self.resolve_dirpath(trainer)
+        if trainer.is_global_zero:
+            pl_module.export(folder)
+            log.info("exported %s to %s", type(pl_module).__name__, folder)
+        trainer.strategy.barrier("moslim_export")

@@ -1,0 +1,49 @@
+"""The ``moslim-pl`` command: a LightningCLI over every stage (``fit``, ``validate``, ``test``, ``predict``).
+
+Models and datamodules are chosen with ``class_path`` in YAML (``--model RewardModelModule``), so
+one command serves the reward-model, SFT and policy stages. A user error (bad data, config, prefix
+or model) ends with one ``moslim-pl: error: ...`` line and exit code 2; set ``MOSLIM_DEBUG=1`` to
+see the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+from moslim_pl.errors import MoslimError
+
+
+class MoslimCLI(LightningCLI):
+    """LightningCLI with subclass mode for models and data and an overwritable saved config."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(
+            LightningModule,
+            LightningDataModule,
+            *args,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            **kwargs,
+        )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``moslim-pl`` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        MoslimCLI(args=args)
+    except MoslimError as err:
+        if os.environ.get("MOSLIM_DEBUG"):
+            raise
+        sys.stderr.write(f"moslim-pl: error: {err}\n")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

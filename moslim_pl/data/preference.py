@@ -1,0 +1,247 @@
+"""The reward model's datamodule: preference rows in, tokenized reward batches (``RewardBatch``) out.
+
+Rows come from a ``DataSource`` (see ``sources.py`` for the pointwise and pairwise schemas). Unless a
+separate validation source is given, validation is a prompt-disjoint split of the training source:
+a prompt's responses all land on the same side, so validation accuracy measures generalization to
+new prompts rather than recall of seen ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from collections.abc import Sequence
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from moslim_pl.data.collate import RewardExample, collate_reward_batch
+from moslim_pl.data.encoding import encode_prompt_response
+from moslim_pl.data.sources import (
+    Columns,
+    DataError,
+    DataSource,
+    PreferenceRow,
+    SyntheticConfig,
+    load_source,
+    read_rows,
+)
+from moslim_pl.errors import MoslimError
+from moslim_pl.schema import Dimension, check_dimensions
+
+log = logging.getLogger(__name__)
+
+
+def split_by_prompt(
+    rows: Sequence[PreferenceRow], val_fraction: float, seed: int, description: str = "source"
+) -> tuple[list[PreferenceRow], list[PreferenceRow]]:
+    """Split rows so that no prompt is on both sides; about ``val_fraction`` of the prompts go to val.
+
+    Deterministic for a given ``seed``: distinct prompts (in first-seen order) are shuffled with it and
+    the first ``round(val_fraction * num_prompts)`` of them (at least one, never all) form validation.
+    """
+    prompts = list(dict.fromkeys(row.prompt for row in rows))
+    if len(prompts) < 2:
+        raise DataError(
+            f"{description}: a prompt-disjoint split needs at least 2 distinct prompts, got {len(prompts)}"
+        )
+    random.Random(seed).shuffle(prompts)
+    num_val = min(max(1, round(val_fraction * len(prompts))), len(prompts) - 1)
+    val_prompts = set(prompts[:num_val])
+    train = [row for row in rows if row.prompt not in val_prompts]
+    val = [row for row in rows if row.prompt in val_prompts]
+    return train, val
+
+
+class PreferenceDataModule(LightningDataModule):
+    """Pointwise and pairwise preference data for the multi-head reward model.
+
+    Args:
+        tokenizer: tokenizer name or path, given to ``moslim_pl.models.backbone.load_tokenizer``;
+            ``None`` takes the LightningModule's (``tokenizer_name``), so the RM's own tokenizer is used.
+        source: the training rows; defaults to the embedded synthetic world.
+        dimensions: the heads; defaults to the synthetic world's dimensions for a synthetic source.
+        val_source: validation rows; without it validation is a prompt-disjoint split of ``source``.
+        synthetic: size and noise of the synthetic world.
+        prompt_column / response_column: text columns of pointwise rows.
+        chosen_column / rejected_column: text columns of pairwise rows.
+        pair_dimension_column: column naming the dimension a pair judges (else every head judges it).
+        val_fraction: share of the prompts held out for validation when ``val_source`` is not given.
+        max_length: longest sequence; the prompt is cut first. ``None``: the LightningModule's.
+        chat_template: encode with the tokenizer's chat template (for chat backbones). ``None``: the
+            LightningModule's. Without a LightningModule the defaults are the tiny tokenizer, 256, False.
+        batch_size: training rows per batch (a pairwise row counts once, yielding two sequences).
+        eval_batch_size: validation rows per batch; defaults to ``batch_size``.
+        num_workers: DataLoader workers.
+        seed: seeds the validation split and the training shuffle.
+        trust_remote_code: allow code from the hub for the tokenizer and the dataset.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str | None = None,
+        source: DataSource | None = None,
+        dimensions: list[Dimension] | None = None,
+        val_source: DataSource | None = None,
+        synthetic: SyntheticConfig | None = None,
+        prompt_column: str = "prompt",
+        response_column: str = "response",
+        chosen_column: str = "chosen",
+        rejected_column: str = "rejected",
+        pair_dimension_column: str | None = None,
+        val_fraction: float = 0.2,
+        max_length: int | None = None,
+        chat_template: bool | None = None,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        # the module logs the tokenization settings it owns; the same keys here would clash when unset
+        self.save_hyperparameters(ignore=["max_length", "chat_template", "dimensions"])
+        if val_source is None and not 0.0 < val_fraction < 1.0:
+            raise MoslimError(
+                f"val_fraction must be in (0, 1) when no val_source is given, got {val_fraction}"
+            )
+        for name, value in (("max_length", max_length), ("batch_size", batch_size)):
+            if value is not None and value < 1:
+                raise MoslimError(f"{name} must be at least 1, got {value}")
+        if eval_batch_size is not None and eval_batch_size < 1:
+            raise MoslimError(f"eval_batch_size must be at least 1, got {eval_batch_size}")
+        if num_workers < 0:
+            raise MoslimError(f"num_workers must be non-negative, got {num_workers}")
+        self.tokenizer_name = tokenizer
+        self.source = source or DataSource()
+        self.val_source = val_source
+        self.synthetic = synthetic or SyntheticConfig()
+        self.dimensions: tuple[Dimension, ...] = self._resolve_dimensions(dimensions)
+        self.columns = Columns(
+            prompt_column, response_column, chosen_column, rejected_column, pair_dimension_column
+        )
+        self.val_fraction = val_fraction
+        self.max_length = max_length
+        self.chat_template = chat_template
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.trust_remote_code = trust_remote_code
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.train_dataset: list[RewardExample] | None = None
+        self.val_dataset: list[RewardExample] | None = None
+
+    def _resolve_dimensions(self, dimensions: Sequence[Dimension] | None) -> tuple[Dimension, ...]:
+        if dimensions is not None:
+            return check_dimensions(dimensions)
+        if self.source.is_synthetic:
+            from moslim_pl.data.synthetic import DIMENSIONS
+
+            return tuple(DIMENSIONS)
+        raise MoslimError(
+            f"source {self.source.describe()!r} needs `dimensions` (one Dimension per label column); only the "
+            "synthetic source has defaults"
+        )
+
+    @property
+    def pad_token_id(self) -> int:
+        if self.tokenizer is None:
+            raise RuntimeError("the tokenizer is loaded in setup(); call setup('fit') first")
+        return self.tokenizer.pad_token_id
+
+    def prepare_data(self) -> None:
+        # Hub sources download here once per node, before setup() runs on every rank.
+        for source in (self.source, self.val_source):
+            if source is not None and not source.is_synthetic:
+                load_source(source, trust_remote_code=self.trust_remote_code)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        self._take_model_settings()
+        self.tokenizer = self._load_tokenizer()
+        train_rows = self._read(self.source)
+        if self.val_source is None:
+            train_rows, val_rows = split_by_prompt(
+                train_rows, self.val_fraction, self.seed, self.source.describe()
+            )
+        else:
+            val_rows = self._read(self.val_source)
+            shared = {row.prompt for row in train_rows} & {row.prompt for row in val_rows}
+            if shared:
+                log.warning("%d prompt(s) appear in both the train and the val source", len(shared))
+        self.train_dataset = self._encode(train_rows)
+        self.val_dataset = self._encode(val_rows)
+        for split, rows in (("train", train_rows), ("val", val_rows)):
+            pairs = sum(len(row.responses) == 2 for row in rows)
+            prompts = len({row.prompt for row in rows})
+            log.info("%s: %d rows (%d pairwise), %d prompts", split, len(rows), pairs, prompts)
+
+    def _take_model_settings(self) -> None:
+        """Fill unset tokenization settings from the LightningModule: the RM decides how it reads text."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        for name, fallback in (
+            ("tokenizer_name", "moslim/tiny-llama"),
+            ("max_length", 256),
+            ("chat_template", False),
+        ):
+            if getattr(self, name) is None:
+                setattr(self, name, getattr(module, name, fallback))
+
+    def _load_tokenizer(self) -> PreTrainedTokenizerBase:
+        from moslim_pl.models.backbone import load_tokenizer
+
+        tokenizer = load_tokenizer(self.tokenizer_name, trust_remote_code=self.trust_remote_code)
+        if tokenizer.pad_token_id is None:
+            raise MoslimError(f"tokenizer {self.tokenizer_name!r} has no pad token")
+        if self.chat_template and not getattr(tokenizer, "chat_template", None):
+            raise MoslimError(
+                f"chat_template=True but tokenizer {self.tokenizer_name!r} has no chat template"
+            )
+        return tokenizer
+
+    def _read(self, source: DataSource) -> list[PreferenceRow]:
+        dataset = load_source(source, self.synthetic, self.trust_remote_code)
+        return read_rows(dataset, self.dimensions, self.columns, source.describe())
+
+    def _encode(self, rows: Sequence[PreferenceRow]) -> list[RewardExample]:
+        def encode(prompt: str, response: str) -> list[int]:
+            return encode_prompt_response(
+                self.tokenizer, prompt, response, self.max_length, self.chat_template
+            )
+
+        return [
+            RewardExample(
+                input_ids=[encode(row.prompt, response) for response in row.responses],
+                labels=[list(labels) for labels in row.labels],
+                pair_dim=row.pair_dim,
+            )
+            for row in rows
+        ]
+
+    def _loader(self, dataset: list[RewardExample] | None, batch_size: int, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("the datasets are built in setup(); call setup('fit') first")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            # A fresh seeded generator per loader makes the epoch order reproducible without global seeding.
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            collate_fn=functools.partial(collate_reward_batch, pad_token_id=self.pad_token_id),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, self.eval_batch_size, shuffle=False)

@@ -1,0 +1,268 @@
+"""Where preference rows come from and how a raw row becomes a validated example.
+
+A source is anything ``datasets.load_dataset`` reads (a hub id, a local folder, json/jsonl/csv/parquet
+files) or the embedded synthetic world. Two row kinds are detected from the columns:
+
+- **pointwise**: ``prompt``, ``response`` and one integer column per dimension. A row may lack some
+  dimension columns or hold ``None``/``"N/A"`` there; that head then ignores the row.
+- **pairwise**: ``prompt``, ``chosen``, ``rejected``; optionally a column naming the dimension the pair
+  judges (else every head judges it) and per-response labels in ``<column>_chosen`` /
+  ``<column>_rejected`` columns (UltraFeedback's ``score_chosen`` style).
+
+Every problem a user can cause is a one-line ``DataError`` naming the source, the row and the column.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import datasets
+
+from moslim_pl.data.types import ALL_HEADS, IGNORE_LABEL
+from moslim_pl.errors import MoslimError
+from moslim_pl.schema import Dimension
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC = "synthetic"
+_MISSING_STRINGS = frozenset({"", "n/a", "na", "nan", "none", "null"})
+# datasets.load_dataset does not take a bare file as ``path``; users expect it to.
+_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+class DataError(MoslimError):
+    """A source cannot be loaded or one of its rows does not fit the schema (always one line)."""
+
+
+@dataclass
+class DataSource:
+    """Arguments of ``datasets.load_dataset``, plus the embedded synthetic world.
+
+    Args:
+        path: ``"synthetic"`` (the embedded world), a builder (``"json"``, ``"csv"``, ``"parquet"``) used
+            with ``data_files``, a single local data file, a local folder or a hub id.
+        name: the dataset configuration name.
+        data_files: file(s) for a builder path.
+        split: the split to read.
+        revision: git revision of a hub dataset.
+        max_rows: keep only the first ``max_rows`` rows.
+    """
+
+    path: str = SYNTHETIC
+    name: str | None = None
+    data_files: str | list[str] | None = None
+    split: str = "train"
+    revision: str | None = None
+    max_rows: int | None = None
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.path == SYNTHETIC
+
+    def describe(self) -> str:
+        """Short name for messages, e.g. ``json:data.jsonl`` or ``nvidia/HelpSteer[validation]``."""
+        text = self.path if self.name is None else f"{self.path}/{self.name}"
+        if self.data_files:
+            files = [self.data_files] if isinstance(self.data_files, str) else list(self.data_files)
+            text += ":" + files[0] + (f" (+{len(files) - 1} more)" if len(files) > 1 else "")
+        if self.split != "train":
+            text += f"[{self.split}]"
+        return text
+
+
+@dataclass
+class SyntheticConfig:
+    """Size and noise of the embedded synthetic preference world (see ``moslim_pl.data.synthetic``)."""
+
+    num_prompts: int = 300
+    responses_per_prompt: int = 4
+    seed: int = 0
+    label_noise: float = 0.0
+
+
+class PreferenceRow(NamedTuple):
+    """One validated row: a prompt, one (pointwise) or two (chosen, rejected) responses and their classes."""
+
+    prompt: str
+    responses: tuple[str, ...]
+    labels: tuple[tuple[int, ...], ...]
+    """[len(responses)][K] class index per head, or ``IGNORE_LABEL``."""
+    pair_dim: int | None
+    """Head judging the pair, ``ALL_HEADS``, or ``None`` for a pointwise row."""
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Column names of the two row kinds (the datamodule's ``*_column`` arguments)."""
+
+    prompt: str = "prompt"
+    response: str = "response"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    pair_dimension: str | None = None
+
+
+def load_source(
+    source: DataSource, synthetic: SyntheticConfig | None = None, trust_remote_code: bool = False
+) -> datasets.Dataset:
+    """Load ``source`` (cut to ``max_rows``); any failure becomes a one-line ``DataError``."""
+    desc = source.describe()
+    if source.max_rows is not None and source.max_rows < 1:
+        raise DataError(f"{desc}: max_rows must be at least 1, got {source.max_rows}")
+    if source.is_synthetic:
+        from moslim_pl.data.synthetic import generate_rows
+
+        cfg = synthetic or SyntheticConfig()
+        rows = generate_rows(cfg.num_prompts, cfg.responses_per_prompt, cfg.seed, cfg.label_noise)
+        dataset = datasets.Dataset.from_list(rows)
+    else:
+        path, data_files = source.path, source.data_files
+        extension = os.path.splitext(path)[1].lower()
+        if data_files is None and extension in _BUILDERS and os.path.isfile(path):
+            path, data_files = _BUILDERS[extension], path
+        kwargs: dict[str, Any] = {"name": source.name, "data_files": data_files, "split": source.split}
+        if source.revision is not None:
+            kwargs["revision"] = source.revision
+        if trust_remote_code:  # recent `datasets` reject the argument altogether, so only pass it on request
+            kwargs["trust_remote_code"] = True
+        try:
+            dataset = datasets.load_dataset(path, **kwargs)
+        except Exception as err:  # network, missing file, bad split, parse error: all become one line
+            reason = " ".join(str(err).split()) or type(err).__name__
+            raise DataError(f"cannot load {desc}: {type(err).__name__}: {reason[:300]}") from err
+        if not isinstance(dataset, datasets.Dataset):
+            raise DataError(f"cannot load {desc}: expected one split, got {type(dataset).__name__}")
+    if source.max_rows is not None and len(dataset) > source.max_rows:
+        dataset = dataset.select(range(source.max_rows))
+    if len(dataset) == 0:
+        raise DataError(f"{desc}: the source has no rows")
+    return dataset
+
+
+def parse_label(value: Any) -> int | None:
+    """Integer label of a raw cell, ``None`` when missing; raises ``ValueError`` if not an integer.
+
+    Ints, integral floats (``3.0``, what csv and pandas produce) and integral strings (``"3"``) are
+    accepted; ``None``, NaN and ``"N/A"``-like strings mean missing.
+    """
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number = value
+    if isinstance(value, str):
+        if value.strip().lower() in _MISSING_STRINGS:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"label {value!r} is not an integer") from None
+    if isinstance(number, float):
+        if math.isnan(number):
+            return None
+        if number.is_integer():
+            return int(number)
+    raise ValueError(f"label {value!r} is not an integer")
+
+
+def read_rows(
+    dataset: datasets.Dataset,
+    dimensions: Sequence[Dimension],
+    columns: Columns = Columns(),  # noqa: B008 -- frozen dataclass, safe as a default
+    description: str = "source",
+) -> list[PreferenceRow]:
+    """Validate every row of ``dataset`` and turn its labels into class indices.
+
+    The row kind is detected from the columns: ``columns.response`` present means pointwise, else
+    ``columns.chosen`` and ``columns.rejected`` mean pairwise.
+    """
+    names = set(dataset.column_names)
+
+    def fail(message: str) -> DataError:
+        return DataError(f"{description}: {message}; columns are {', '.join(sorted(names))}")
+
+    if columns.prompt not in names:
+        raise fail(f"missing column {columns.prompt!r}")
+    pair_column = None
+    if columns.response in names:
+        text_columns = [columns.response]
+        label_columns = [[d.source_column for d in dimensions]]
+        if not names.intersection(label_columns[0]):
+            expected = ", ".join(repr(c) for c in label_columns[0])
+            raise fail(f"no dimension column found (expected at least one of {expected})")
+        for dim, column in zip(dimensions, label_columns[0], strict=True):
+            if column not in names:
+                log.warning(
+                    "%s has no column %r: head %r ignores all its rows", description, column, dim.name
+                )
+    elif columns.chosen in names and columns.rejected in names:
+        text_columns = [columns.chosen, columns.rejected]
+        label_columns = [[f"{d.source_column}_{side}" for d in dimensions] for side in ("chosen", "rejected")]
+        pair_column = columns.pair_dimension
+        if pair_column is not None and pair_column not in names:
+            raise fail(f"missing pair dimension column {pair_column!r}")
+    else:
+        raise fail(
+            f"missing column {columns.response!r} (pointwise rows) or {columns.chosen!r} and "
+            f"{columns.rejected!r} (pairwise rows)"
+        )
+
+    wanted = [columns.prompt, *text_columns, *(c for cols in label_columns for c in cols if c in names)]
+    if pair_column is not None:
+        wanted.append(pair_column)
+    # One columnar read: row-wise access to an Arrow table is far slower.
+    table = dataset.select_columns(list(dict.fromkeys(wanted))).to_dict()
+    dim_index = {d.name: k for k, d in enumerate(dimensions)}
+
+    rows = []
+    for i in range(len(dataset)):
+        prompt = _text(table[columns.prompt][i], _where(description, i, columns.prompt))
+        texts = tuple(_text(table[c][i], _where(description, i, c)) for c in text_columns)
+        labels = tuple(
+            tuple(
+                _label(dim, table[c][i], _where(description, i, c)) if c in table else IGNORE_LABEL
+                for dim, c in zip(dimensions, cols, strict=True)
+            )
+            for cols in label_columns
+        )
+        pair_dim = None if len(texts) == 1 else ALL_HEADS
+        if pair_column is not None:
+            value = table[pair_column][i]
+            name = "" if value is None else str(value).strip()
+            if name and name not in dim_index:
+                where = _where(description, i, pair_column)
+                raise DataError(f"{where}: unknown dimension {value!r} (known: {', '.join(dim_index)})")
+            if name:
+                pair_dim = dim_index[name]
+        rows.append(PreferenceRow(prompt, texts, labels, pair_dim))
+    return rows
+
+
+def _where(description: str, row: int, column: str) -> str:
+    return f"{description} row {row}, column {column!r}"
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        kind = "missing" if value is None else f"not text ({type(value).__name__})"
+        raise DataError(f"{where}: {kind}")
+    if not value.strip():
+        raise DataError(f"{where}: empty text")
+    return value
+
+
+def _label(dim: Dimension, value: Any, where: str) -> int:
+    try:
+        raw = parse_label(value)
+    except ValueError as err:
+        raise DataError(f"{where}: {err}") from None
+    if raw is None:
+        return IGNORE_LABEL
+    if not dim.low <= raw <= dim.high:
+        raise DataError(f"{where}: label {raw} outside {dim.low}..{dim.high}")
+    return dim.label_to_class(raw)

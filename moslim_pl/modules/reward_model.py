@@ -1,0 +1,207 @@
+"""LightningModule that trains the multi-head classification reward model (one cross-entropy per head)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor, nn
+from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+
+from moslim_pl.data.types import IGNORE_LABEL, RewardBatch
+from moslim_pl.evaluation.plots import confusion_matrix_image
+from moslim_pl.losses import multi_head_cross_entropy, pair_scores
+from moslim_pl.models.backbone import load_backbone, load_tokenizer
+from moslim_pl.models.reward_model import MultiHeadRewardModel
+from moslim_pl.rewards.mapping import expected_level
+from moslim_pl.schema import Dimension, check_dimensions
+
+log = logging.getLogger(__name__)
+
+
+def _head_metrics(num_levels: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_levels, average="micro", ignore_index=IGNORE_LABEL),
+            "acc_within1": MeanMetric(),
+            "mae": MeanMetric(),
+            "confusion": MulticlassConfusionMatrix(num_levels, ignore_index=IGNORE_LABEL),
+        },
+        compute_groups=False,
+    )
+
+
+class RewardModelModule(LightningModule):
+    """Trains :class:`MultiHeadRewardModel`; logs ``train/loss``, ``val/acc/<head>`` and friends.
+
+    Args:
+        backbone: a Hugging Face id or folder, or a tiny pseudo id (``moslim/tiny-llama``) built from a config.
+        dimensions: the dimension schema; ``None`` takes the datamodule's (``data.dimensions``).
+        pooling: ``auto`` (last non-pad token for decoders, mean for encoders), ``last``, ``cls`` or ``mean``.
+        tiny_config: overrides of the tiny backbone's config (``hidden_size``, ``num_hidden_layers``, ...).
+        max_length: the RM's maximum input length (the datamodule tokenizes with it).
+        chat_template: format (prompt, response) with the tokenizer's chat template.
+        learning_rate, weight_decay, warmup_steps: AdamW with linear warm-up then constant.
+        trust_remote_code, gguf_file: passed to ``from_pretrained``.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "moslim/tiny-llama",
+        dimensions: list[Dimension] | None = None,
+        pooling: str = "auto",
+        tiny_config: dict[str, Any] | None = None,
+        max_length: int = 256,
+        chat_template: bool = False,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        trust_remote_code: bool = False,
+        gguf_file: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer_name = backbone
+        self.max_length = max_length
+        self.chat_template = chat_template
+        self.rm: MultiHeadRewardModel | None = None
+        if dimensions is not None:
+            self._build(check_dimensions(dimensions))
+
+    # ------------------------------------------------------------------ construction
+    def _build(self, dimensions: Sequence[Dimension]) -> None:
+        hp = self.hparams
+        kwargs = {"trust_remote_code": hp.trust_remote_code, "gguf_file": hp.gguf_file}
+        tokenizer = load_tokenizer(hp.backbone, **kwargs)
+        backbone = load_backbone(hp.backbone, tokenizer=tokenizer, tiny_config=hp.tiny_config, **kwargs)
+        self.rm = MultiHeadRewardModel(
+            backbone,
+            dimensions,
+            pooling=hp.pooling,
+            tokenizer=tokenizer,
+            max_length=hp.max_length,
+            chat_template=hp.chat_template,
+        )
+        # stored as plain dicts so checkpoints rebuild the same heads without the datamodule
+        self.hparams["dimensions"] = [d.to_dict() for d in self.rm.dimensions]
+        self.val_metrics = nn.ModuleDict({d.name: _head_metrics(d.num_levels) for d in dimensions})
+        self.val_pair_acc = MeanMetric()
+
+    def configure_model(self) -> None:
+        if self.rm is not None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dims = getattr(datamodule, "dimensions", None)
+        if dims is None:
+            raise ValueError("model.dimensions is not set and the datamodule declares no dimensions")
+        self._build(check_dimensions(dims))
+
+    @property
+    def dimensions(self) -> tuple[Dimension, ...]:
+        if self.rm is None:
+            raise RuntimeError("the reward model is built in configure_model(); call it first")
+        return self.rm.dimensions
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Logits [N, K, L] of every head (see ``MultiHeadRewardModel.forward``)."""
+        return self.rm(input_ids, attention_mask)
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: RewardBatch, batch_idx: int) -> dict[str, Tensor]:
+        logits = self(batch.input_ids, batch.attention_mask)
+        loss, per_head, has_labels = multi_head_cross_entropy(logits, batch.labels)
+        size = batch.input_ids.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        for k, dim in enumerate(self.dimensions):
+            if has_labels[k]:
+                self.log(f"train/loss/{dim.name}", per_head[k], batch_size=size)
+        # the probabilities feed RewardStatsCallback without a second forward pass
+        return {"loss": loss, "probs": logits.detach().float().softmax(-1)}
+
+    def _eval_step(self, batch: RewardBatch, stage: str) -> None:
+        logits = self(batch.input_ids, batch.attention_mask)
+        loss, per_head, has_labels = multi_head_cross_entropy(logits, batch.labels)
+        size = batch.input_ids.shape[0]
+        if bool(has_labels.any()):
+            self.log(f"{stage}/loss", loss, batch_size=size, sync_dist=True)
+        probs = logits.float().softmax(-1)
+        expected = expected_level(probs)  # [N, K] in class units
+        for k, dim in enumerate(self.dimensions):
+            labels = batch.labels[:, k]
+            valid = labels != IGNORE_LABEL
+            metrics = self.val_metrics[dim.name]
+            head_logits = logits[:, k, : dim.num_levels]
+            metrics["acc"].update(head_logits, labels)
+            metrics["confusion"].update(head_logits, labels)
+            if bool(valid.any()):
+                pred = head_logits[valid].argmax(-1)
+                metrics["acc_within1"].update(((pred - labels[valid]).abs() <= 1).float())
+                metrics["mae"].update((expected[valid, k] - labels[valid]).abs())
+        if batch.pairs.numel():
+            num_levels = torch.tensor([d.num_levels for d in self.dimensions], device=probs.device)
+            chosen = pair_scores(probs, num_levels, batch.pair_dims, batch.pairs[:, 0])
+            rejected = pair_scores(probs, num_levels, batch.pair_dims, batch.pairs[:, 1])
+            # a tie counts half, so a constant RM scores 0.5 rather than 0 or 1
+            self.val_pair_acc.update((chosen > rejected).float() + 0.5 * (chosen == rejected).float())
+
+    def validation_step(self, batch: RewardBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: RewardBatch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        images = []
+        for dim in self.dimensions:
+            metrics = self.val_metrics[dim.name]
+            if metrics["acc"].tp.sum() + metrics["acc"].fn.sum() > 0:
+                for name in ("acc", "acc_within1", "mae"):
+                    self.log(f"{stage}/{name}/{dim.name}", metrics[name].compute())
+                images.append((dim, metrics["confusion"].compute()))
+            metrics.reset()
+        if self.val_pair_acc.update_count:
+            self.log(f"{stage}/pair_acc", self.val_pair_acc.compute())
+        self.val_pair_acc.reset()
+        if self.trainer.sanity_checking or self.global_rank != 0:
+            return
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                for dim, matrix in images:
+                    image = confusion_matrix_image(matrix, dim)
+                    logger.experiment.add_image(
+                        f"{stage}/confusion/{dim.name}", image, self.global_step, dataformats="HWC"
+                    )
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    # ------------------------------------------------------------------ optimisation and export
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.learning_rate,
+        )
+        warmup = max(int(hp.warmup_steps), 0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def export(self, folder: str | Path) -> Path:
+        """Write the RM as a Hugging Face-format folder (see ``MultiHeadRewardModel.save_pretrained``)."""
+        self.rm.save_pretrained(folder)
+        return Path(folder)
