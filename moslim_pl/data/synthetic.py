@@ -15,16 +15,20 @@ Dimensions (``DIMENSIONS``) and the exact meaning of each level:
     holding at least one word and ending at ``.``, ``!``, ``?`` or at the end of the text.
     Level 0: ``n <= 1``; 1: ``n`` in 2..3; 2: ``n`` in 4..5; 3: ``n >= 6``.
     Generated responses have 1 / 2-3 / 4-5 / 6-7 sentences.
-``formality`` 0..2, from the occurrences ``F`` of formal markers (furthermore, moreover, consequently,
-    notably, additionally) and ``C`` of casual markers (yeah, basically, honestly, anyway, totally).
-    Level 0 (casual): no marker at all, or ``F / (F + C) < 1/3``; 1 (mixed): ``1/3 <= F / (F + C) <=
-    2/3``; 2 (formal): ``F / (F + C) > 2/3``. Generated responses hold 0-2 casual and no formal
-    markers / 1-2 of each / 1-2 formal and no casual markers, as sentence openers (``"moreover , ..."``).
-``helpfulness`` 0..3, the number of distinct keywords of the prompt's topic that the response
-    mentions, capped at 3 (each topic has exactly 3 keywords, see ``TOPICS``). The topic is the first
-    topic word in the prompt after its ``<name level>`` prefix is stripped; a prompt without a topic
-    word gives level 0. Keywords of other topics do not count: generated responses mention one such
-    distractor keyword half of the time, so a reward model has to relate the response to the prompt.
+``formality`` 0..2, from the occurrences ``F`` of formal markers (moreover, furthermore, notably) and
+    ``C`` of casual markers (yeah, basically, honestly). Level 0 (casual): no marker at all, or
+    ``F / (F + C) < 1/3``; 1 (mixed): ``1/3 <= F / (F + C) <= 2/3``; 2 (formal): ``F / (F + C) > 2/3``.
+    Generated responses hold 0-2 casual and no formal markers / 1-2 of each, as many of both / 1-2
+    formal and no casual markers, as sentence openers (``"moreover , ..."``).
+``helpfulness`` 0..3, from the number ``k`` of distinct keywords of the prompt's topic that the
+    response mentions (each topic has six, see ``TOPICS``). Level 0: ``k = 0``; 1: ``k = 1``;
+    2: ``k`` in 2..4; 3: ``k >= 5``. Generated responses mention 0 / 1 / 3 / 6 of them, so each
+    sits in the middle of its bucket. The topic is the first topic word of the prompt after its
+    ``<name level>`` prefix is stripped; a prompt without a topic word gives level 0. Keywords of
+    other topics do not count. By default generated responses only mention keywords of their own
+    topic; ``distractor_rate`` adds one off-topic keyword to that share of responses, which makes the
+    head much harder (the 2-layer quickstart model then has to learn 240 keyword-topic associations
+    and stays near 0.83 accuracy on this head).
 
 The three levels of a generated response are drawn uniformly and independently, so no dimension
 predicts another. ``LEVEL_NAMES`` gives a short readable name of every level.
@@ -32,6 +36,7 @@ predicts another. ``LEVEL_NAMES`` gives a short readable name of every level.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 
@@ -48,58 +53,57 @@ DIMENSIONS: tuple[Dimension, ...] = (
 LEVEL_NAMES: dict[str, tuple[str, ...]] = {
     "verbosity": ("0-1 sentences", "2-3 sentences", "4-5 sentences", "6+ sentences"),
     "formality": ("casual", "mixed", "formal"),
-    "helpfulness": ("no topic keyword", "1 topic keyword", "2 topic keywords", "3 topic keywords"),
+    "helpfulness": ("no topic keyword", "1 topic keyword", "2-4 topic keywords", "5+ topic keywords"),
 }
 
-# Each topic is one word and owns three keywords used nowhere else, so the oracle can count them
-# without ambiguity and a reward model has to tie them to the topic named in the prompt.
-TOPICS: dict[str, tuple[str, str, str]] = {
-    "rivers": ("delta", "estuary", "tributary"),
-    "volcanoes": ("magma", "lava", "crater"),
-    "oceans": ("tides", "salinity", "coral"),
-    "forests": ("canopy", "timber", "undergrowth"),
-    "deserts": ("dunes", "cactus", "oasis"),
-    "mountains": ("summit", "altitude", "ridge"),
-    "planets": ("orbit", "gravity", "moons"),
-    "stars": ("fusion", "supernova", "constellation"),
-    "bees": ("pollen", "hive", "nectar"),
-    "birds": ("feathers", "migration", "nests"),
-    "whales": ("krill", "blubber", "pods"),
-    "computers": ("processor", "memory", "software"),
-    "bicycles": ("pedals", "chain", "gears"),
-    "trains": ("locomotive", "rails", "station"),
-    "bread": ("yeast", "flour", "dough"),
-    "coffee": ("beans", "caffeine", "roast"),
-    "tea": ("leaves", "steeping", "infusion"),
-    "music": ("melody", "rhythm", "harmony"),
-    "painting": ("canvas", "brush", "pigment"),
-    "chess": ("bishop", "checkmate", "gambit"),
-    "football": ("goal", "referee", "penalty"),
-    "gardens": ("soil", "compost", "seeds"),
-    "weather": ("humidity", "pressure", "forecast"),
-    "earthquakes": ("faults", "tremor", "seismograph"),
-    "batteries": ("lithium", "voltage", "electrolyte"),
-    "bridges": ("arch", "suspension", "girder"),
-    "castles": ("moat", "rampart", "turret"),
-    "libraries": ("catalog", "shelves", "archive"),
-    "vaccines": ("antigen", "immunity", "booster"),
-    "dinosaurs": ("fossils", "jurassic", "extinction"),
-    "rainbows": ("refraction", "prism", "spectrum"),
-    "cheese": ("curd", "rennet", "aging"),
-    "photography": ("aperture", "shutter", "exposure"),
-    "clouds": ("vapor", "cumulus", "droplets"),
-    "magnets": ("poles", "ferrite", "compass"),
-    "robots": ("sensors", "actuators", "servo"),
-    "submarines": ("sonar", "ballast", "periscope"),
-    "pyramids": ("pharaoh", "limestone", "tomb"),
-    "tornadoes": ("vortex", "funnel", "supercell"),
-    "islands": ("lagoon", "reef", "archipelago"),
-    "spiders": ("silk", "web", "venom"),
-    "windmills": ("blades", "turbine", "grain"),
+# Each topic is one word and owns six keywords used nowhere else, so the oracle counts them without
+# ambiguity and a response cannot raise its helpfulness with another topic's words.
+TOPICS: dict[str, tuple[str, ...]] = {
+    "rivers": ("delta", "estuary", "tributary", "floodplain", "meander", "rapids"),
+    "volcanoes": ("magma", "lava", "crater", "eruption", "ash", "caldera"),
+    "oceans": ("tides", "salinity", "coral", "currents", "abyss", "plankton"),
+    "forests": ("canopy", "timber", "undergrowth", "moss", "ferns", "bark"),
+    "deserts": ("dunes", "cactus", "oasis", "mirage", "drought", "sandstorm"),
+    "mountains": ("summit", "altitude", "ridge", "avalanche", "slopes", "peaks"),
+    "planets": ("orbit", "gravity", "moons", "rings", "atmosphere", "asteroids"),
+    "stars": ("fusion", "supernova", "constellation", "nebula", "brightness", "dwarf"),
+    "bees": ("pollen", "hive", "nectar", "queen", "drones", "honey"),
+    "birds": ("feathers", "migration", "nests", "beaks", "wings", "eggs"),
+    "whales": ("krill", "blubber", "pods", "baleen", "breaching", "flukes"),
+    "computers": ("processor", "memory", "software", "keyboard", "circuits", "algorithms"),
+    "bicycles": ("pedals", "chain", "gears", "saddle", "spokes", "handlebars"),
+    "trains": ("locomotive", "rails", "station", "carriages", "timetable", "signals"),
+    "bread": ("yeast", "flour", "dough", "crust", "kneading", "oven"),
+    "coffee": ("beans", "caffeine", "roast", "espresso", "grinder", "crema"),
+    "tea": ("leaves", "steeping", "infusion", "kettle", "teapot", "oolong"),
+    "music": ("melody", "rhythm", "harmony", "tempo", "chords", "lyrics"),
+    "painting": ("canvas", "brush", "pigment", "easel", "watercolor", "portrait"),
+    "chess": ("bishop", "checkmate", "gambit", "pawn", "knight", "castling"),
+    "football": ("goal", "referee", "penalty", "striker", "offside", "stadium"),
+    "gardens": ("soil", "compost", "seeds", "pruning", "weeds", "watering"),
+    "weather": ("humidity", "pressure", "forecast", "rainfall", "thunder", "frost"),
+    "earthquakes": ("faults", "tremor", "seismograph", "epicenter", "aftershock", "magnitude"),
+    "batteries": ("lithium", "voltage", "electrolyte", "anode", "cathode", "charging"),
+    "bridges": ("arch", "suspension", "girder", "cables", "pillars", "span"),
+    "castles": ("moat", "rampart", "turret", "drawbridge", "dungeon", "battlements"),
+    "libraries": ("catalog", "shelves", "archive", "librarian", "borrowing", "manuscripts"),
+    "vaccines": ("antigen", "immunity", "booster", "antibodies", "dose", "trials"),
+    "dinosaurs": ("fossils", "jurassic", "extinction", "raptors", "herbivores", "paleontology"),
+    "rainbows": ("refraction", "prism", "spectrum", "sunlight", "raindrops", "violet"),
+    "cheese": ("curd", "rennet", "aging", "cheddar", "milk", "brie"),
+    "photography": ("aperture", "shutter", "exposure", "lens", "tripod", "focus"),
+    "clouds": ("vapor", "cumulus", "droplets", "cirrus", "condensation", "overcast"),
+    "robots": ("sensors", "actuators", "servo", "gripper", "autonomy", "programming"),
+    "submarines": ("sonar", "ballast", "periscope", "hull", "torpedo", "diving"),
+    "pyramids": ("pharaoh", "limestone", "tomb", "sphinx", "burial", "hieroglyphs"),
+    "tornadoes": ("vortex", "funnel", "supercell", "debris", "twister", "shelter"),
+    "islands": ("lagoon", "reef", "archipelago", "shoreline", "palms", "ferry"),
+    "spiders": ("silk", "web", "venom", "arachnids", "fangs", "molting"),
 }
 
-FORMAL_MARKERS: tuple[str, ...] = ("furthermore", "moreover", "consequently", "notably", "additionally")
-CASUAL_MARKERS: tuple[str, ...] = ("yeah", "basically", "honestly", "anyway", "totally")
+# Few markers, each frequent: a small reward model learns them from a few thousand rows.
+FORMAL_MARKERS: tuple[str, ...] = ("moreover", "furthermore", "notably")
+CASUAL_MARKERS: tuple[str, ...] = ("yeah", "basically", "honestly")
 
 _PROMPT_TEMPLATES = (
     "tell me about {t} .",
@@ -143,6 +147,8 @@ _KEYWORD_TEMPLATES = (
 )
 
 _SENTENCE_COUNTS = {0: (1,), 1: (2, 3), 2: (4, 5), 3: (6, 7)}
+# Counts 2, 4 and 5 are never generated: the gaps keep a small model from having to tell n from n + 1.
+_KEYWORD_COUNTS = {0: 0, 1: 1, 2: 3, 3: 6}
 _SENTENCE_END = frozenset(".!?")
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _KEYWORD_TOPIC = {k: t for t, ks in TOPICS.items() for k in ks}
@@ -174,10 +180,9 @@ def count_sentences(text: str) -> int:
 
 def topic_of(prompt: str) -> str | None:
     """The first topic word of the prompt (its prefix stripped), or ``None``."""
-    try:
+    # A malformed prefix is just text: its words are no topic words.
+    with contextlib.suppress(PrefixError):
         prompt = strip_prefix(prompt, DIMENSIONS)
-    except PrefixError:
-        pass  # a malformed prefix is just text; its words are no topic words
     return next((t for t in tokenize(prompt) if t in TOPICS), None)
 
 
@@ -197,8 +202,9 @@ def oracle(prompt: str, response: str) -> dict[str, int]:
     else:
         formality = 1
     topic = topic_of(prompt)
-    mentioned = set(tokens).intersection(TOPICS[topic]) if topic else set()
-    return {"verbosity": verbosity, "formality": formality, "helpfulness": min(len(mentioned), 3)}
+    mentioned = len(set(tokens).intersection(TOPICS[topic])) if topic else 0
+    helpfulness = 0 if mentioned == 0 else 1 if mentioned == 1 else 2 if mentioned <= 4 else 3
+    return {"verbosity": verbosity, "formality": formality, "helpfulness": helpfulness}
 
 
 def vocabulary(prefix_tokens: bool = True) -> list[str]:
@@ -207,7 +213,7 @@ def vocabulary(prefix_tokens: bool = True) -> list[str]:
     With ``prefix_tokens`` the tokens of ``<name level>`` tags (``<``, ``>``, the dimension names and
     the level digits) are included, so a policy's tokenizer built from this list can read prefixes.
     """
-    texts = [*_PROMPT_TEMPLATES, *_FILLER_TEMPLATES, *_KEYWORD_TEMPLATES, ", and include ."]
+    texts = [*_PROMPT_TEMPLATES, *_FILLER_TEMPLATES, *_KEYWORD_TEMPLATES, ", and ."]
     words = [*TOPICS, *_KEYWORD_TOPIC, *FORMAL_MARKERS, *CASUAL_MARKERS]
     tokens = {t for text in texts for t in tokenize(text.format(t="", k=""))} | set(words)
     if prefix_tokens:
@@ -217,9 +223,10 @@ def vocabulary(prefix_tokens: bool = True) -> list[str]:
 
 
 def generate_prompts(num_prompts: int, seed: int) -> list[str]:
-    """``num_prompts`` prompts without prefix, all distinct up to ``len(TOPICS) * 8`` (336).
+    """``num_prompts`` prompts without prefix, all distinct up to ``len(TOPICS) * 8`` (320).
 
-    Topics are dealt round-robin in a shuffled order, so any 42 consecutive prompts cover every topic.
+    Topics are dealt round-robin in a shuffled order, so each block of ``len(TOPICS)`` (40) prompts
+    covers every topic once.
     """
     if num_prompts < 0:
         raise MoslimError(f"num_prompts must be >= 0, got {num_prompts}")
@@ -230,9 +237,7 @@ def generate_prompts(num_prompts: int, seed: int) -> list[str]:
         rng.shuffle(topics)
         templates = {t: rng.sample(_PROMPT_TEMPLATES, len(_PROMPT_TEMPLATES)) for t in topics}
         for round_ in range(len(_PROMPT_TEMPLATES)):
-            for t in topics:
-                ks = rng.sample(TOPICS[t], 3)
-                prompts.append(templates[t][round_].format(t=t) + " include " + _keyword_list(ks) + " .")
+            prompts.extend(templates[t][round_].format(t=t) for t in topics)
     return prompts[:num_prompts]
 
 
@@ -243,11 +248,11 @@ def _keyword_list(keywords: list[str]) -> str:
 
 
 def generate_response(
-    topic: str, levels: dict[str, int], rng: random.Random, distractor_rate: float = 0.5
+    topic: str, levels: dict[str, int], rng: random.Random, distractor_rate: float = 0.0
 ) -> str:
     """A response about ``topic`` whose oracle levels are ``levels`` (all three dimensions)."""
     num_sentences = rng.choice(_SENTENCE_COUNTS[levels["verbosity"]])
-    keywords = rng.sample(TOPICS[topic], levels["helpfulness"])
+    keywords = rng.sample(TOPICS[topic], _KEYWORD_COUNTS[levels["helpfulness"]])
     if rng.random() < distractor_rate:
         other = rng.choice([t for t in TOPICS if t != topic])
         keywords.append(rng.choice(TOPICS[other]))
@@ -258,7 +263,7 @@ def generate_response(
     if keywords:
         num_groups = rng.randint(1, min(num_sentences, len(keywords)))
         cuts = sorted(rng.sample(range(1, len(keywords)), num_groups - 1))
-        groups = [keywords[a:b] for a, b in zip([0, *cuts], [*cuts, len(keywords)])]
+        groups = [keywords[a:b] for a, b in zip([0, *cuts], [*cuts, len(keywords)], strict=True)]
     bodies = [rng.choice(_KEYWORD_TEMPLATES).format(k=_keyword_list(g)) for g in groups]
     bodies += [f.format(t=topic) for f in rng.sample(_FILLER_TEMPLATES, num_sentences - len(groups))]
     rng.shuffle(bodies)
@@ -282,20 +287,23 @@ def generate_rows(
     responses_per_prompt: int = 4,
     seed: int = 0,
     label_noise: float = 0.0,
-    distractor_rate: float = 0.5,
+    distractor_rate: float = 0.0,
 ) -> list[dict]:
     """Oracle-labelled pointwise rows ``{"prompt", "response", "verbosity", "formality", "helpfulness"}``.
 
     The prompts are ``generate_prompts(num_prompts, seed)``; every prompt gets ``responses_per_prompt``
     responses whose levels are drawn uniformly and independently per dimension. With ``label_noise``
     each label is, with that probability, replaced by a uniformly drawn other level (the response is
-    unchanged). ``distractor_rate`` is the share of responses that mention a keyword of another topic.
+    unchanged). ``distractor_rate`` is the share of responses that also mention one keyword of another
+    topic (which the oracle does not count).
     """
     if not 0.0 <= label_noise <= 1.0:
         raise MoslimError(f"label_noise must be in [0, 1], got {label_noise}")
     if responses_per_prompt < 0:
         raise MoslimError(f"responses_per_prompt must be >= 0, got {responses_per_prompt}")
     rng = _rng("rows", seed)
+    # Noise has its own stream so that the same seed gives the same responses with or without noise.
+    noise_rng = _rng("noise", seed)
     ranges = {d.name: range(d.min_level, d.max_level + 1) for d in DIMENSIONS}
     rows: list[dict] = []
     for prompt in generate_prompts(num_prompts, seed):
@@ -306,7 +314,7 @@ def generate_rows(
             response = generate_response(topic, levels, rng, distractor_rate)
             if label_noise:
                 for name, true in levels.items():
-                    if rng.random() < label_noise:
-                        levels[name] = rng.choice([lvl for lvl in ranges[name] if lvl != true])
+                    if noise_rng.random() < label_noise:
+                        levels[name] = noise_rng.choice([lvl for lvl in ranges[name] if lvl != true])
             rows.append({"prompt": prompt, "response": response, **levels})
     return rows

