@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from moslim_pl.data.types import IGNORE_LABEL, RewardBatch
@@ -82,22 +82,24 @@ class RewardModelModule(LightningModule):
         hp = self.hparams
         kwargs = {"trust_remote_code": hp.trust_remote_code, "gguf_file": hp.gguf_file}
         tokenizer = load_tokenizer(hp.backbone, **kwargs)
-        backbone = load_backbone(hp.backbone, tokenizer=tokenizer, tiny_config=hp.tiny_config, **kwargs)
-        self.rm = MultiHeadRewardModel(
-            backbone,
-            dimensions,
-            pooling=hp.pooling,
-            tokenizer=tokenizer,
-            max_length=hp.max_length,
-            chat_template=hp.chat_template,
-        )
+        # validate/test run configure_model under inference mode; parameters made there could never train
+        with torch.inference_mode(False):
+            backbone = load_backbone(hp.backbone, tokenizer=tokenizer, tiny_config=hp.tiny_config, **kwargs)
+            self.rm = MultiHeadRewardModel(
+                backbone,
+                dimensions,
+                pooling=hp.pooling,
+                tokenizer=tokenizer,
+                max_length=hp.max_length,
+                chat_template=hp.chat_template,
+            )
+            self.val_metrics = nn.ModuleDict({d.name: _head_metrics(d.num_levels) for d in dimensions})
+            self.val_pair_acc = MeanMetric()
         # from_pretrained returns modules in eval mode, and Lightning keeps each submodule's mode:
         # without this, dropout would stay off during training
         self.rm.train()
         # stored as plain dicts so checkpoints rebuild the same heads without the datamodule
         self.hparams["dimensions"] = [d.to_dict() for d in self.rm.dimensions]
-        self.val_metrics = nn.ModuleDict({d.name: _head_metrics(d.num_levels) for d in dimensions})
-        self.val_pair_acc = MeanMetric()
 
     def configure_model(self) -> None:
         if self.rm is not None:
@@ -170,10 +172,13 @@ class RewardModelModule(LightningModule):
                 for name in ("acc", "acc_within1", "mae"):
                     self.log(f"{stage}/{name}/{dim.name}", metrics[name].compute())
                 images.append((dim, metrics["confusion"].compute()))
-            metrics.reset()
         if self.val_pair_acc.update_count:
             self.log(f"{stage}/pair_acc", self.val_pair_acc.compute())
-        self.val_pair_acc.reset()
+        # validate()/test() run under inference mode; states reset there could not be updated by the
+        # no-grad validation inside a later fit()
+        with torch.inference_mode(False):
+            self.val_metrics.apply(lambda m: m.reset() if isinstance(m, Metric) else None)
+            self.val_pair_acc.reset()
         if self.trainer.sanity_checking or self.global_rank != 0:
             return
         for logger in self.loggers:
