@@ -29,6 +29,7 @@ from moslim_pl.data.sources import (
     load_source,
     read_rows,
 )
+from moslim_pl.data.types import IGNORE_LABEL
 from moslim_pl.errors import MoslimError
 from moslim_pl.schema import Dimension, check_dimensions
 
@@ -174,12 +175,27 @@ class PreferenceDataModule(LightningDataModule):
             shared = {row.prompt for row in train_rows} & {row.prompt for row in val_rows}
             if shared:
                 log.warning("%d prompt(s) appear in both the train and the val source", len(shared))
+        self._check_every_head_has_labels(train_rows)
         self.train_dataset = self._encode(train_rows)
         self.val_dataset = self._encode(val_rows)
         for split, rows in (("train", train_rows), ("val", val_rows)):
             pairs = sum(len(row.responses) == 2 for row in rows)
             prompts = len({row.prompt for row in rows})
             log.info("%s: %d rows (%d pairwise), %d prompts", split, len(rows), pairs, prompts)
+
+    def _check_every_head_has_labels(self, rows: Sequence[PreferenceRow]) -> None:
+        """A head without a single training label is a misnamed column, not something to train.
+
+        Pairwise-only sources carry no labels by design (they measure preference accuracy) and pass.
+        """
+        if all(row.pair_dim is not None for row in rows):
+            return
+        for k, dim in enumerate(self.dimensions):
+            if not any(labels[k] != IGNORE_LABEL for row in rows for labels in row.labels):
+                raise DataError(
+                    f"{self.source.describe()}: dimension {dim.name!r} has no label in the training rows "
+                    f"(column {dim.source_column!r} missing or empty)"
+                )
 
     def _take_model_settings(self) -> None:
         """Fill unset tokenization settings from the LightningModule: the RM decides how it reads text."""

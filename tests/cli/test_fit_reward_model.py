@@ -75,6 +75,18 @@ def test_bad_data_ends_with_one_line(quickstart_config, tmp_path, capsys, row, e
     data = tmp_path / "rows.jsonl"
     good = {"prompt": "q", "response": "a", "verbosity": 1}
     data.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    _expect_one_line_error(quickstart_config, tmp_path, capsys, data, "verbosity", expected)
+
+
+def test_unknown_dimension_ends_with_one_line(quickstart_config, tmp_path, capsys):
+    data = tmp_path / "rows.jsonl"
+    rows = [{"prompt": f"q{i}", "response": "a", "verbosity": 1} for i in range(4)]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    expected = "no dimension column found (expected at least one of 'verbosty'); columns are prompt, response"
+    _expect_one_line_error(quickstart_config, tmp_path, capsys, data, "verbosty", expected)
+
+
+def _expect_one_line_error(quickstart_config, tmp_path, capsys, data, dimension, expected):
     args = [
         "fit",
         "--config",
@@ -83,7 +95,7 @@ def test_bad_data_ends_with_one_line(quickstart_config, tmp_path, capsys, row, e
         f"--trainer.logger.init_args.save_dir={tmp_path}",
         "--data.init_args.source.path=json",
         f"--data.init_args.source.data_files={data}",
-        '--data.init_args.dimensions=[{"name": "verbosity", "low": 0, "high": 3}]',
+        f'--data.init_args.dimensions=[{{"name": "{dimension}", "low": 0, "high": 3}}]',
     ]
     with pytest.raises(SystemExit) as exit_info:
         main(args)

@@ -143,8 +143,8 @@ def test_datamodule_split_is_deterministic(tmp_path: Path) -> None:
 
 def test_truncation_cuts_the_prompt_and_keeps_the_response(tmp_path: Path) -> None:
     response = "magma lava crater ."
-    rows = [{"prompt": " ".join(WORDS * 5), "response": response, "helpfulness": 1}] * 2
-    rows.append({"prompt": "rivers", "response": "delta", "helpfulness": 2})
+    rows = [{"prompt": " ".join(WORDS * 5), "response": response, "helpfulness": 1, "verbosity": 0}] * 2
+    rows.append({"prompt": "rivers", "response": "delta", "helpfulness": 2, "verbosity": 1})
     dm = _datamodule(tmp_path, rows, max_length=16, val_fraction=0.5)
     long_ids = next(ex for ex in dm.train_dataset + dm.val_dataset if len(ex["input_ids"][0]) > 5)[
         "input_ids"
@@ -232,3 +232,12 @@ def test_helpsteer_sample() -> None:
     batch = next(iter(dm.val_dataloader()))
     assert batch.input_ids.shape[1] <= 128
     assert batch.labels.max() <= 4
+
+
+def test_a_head_without_any_training_label_is_an_error(tmp_path: Path) -> None:
+    rows = [{"prompt": f"p{i}", "response": "r", "helpfulness": 1} for i in range(4)]
+    with pytest.raises(DataError) as err:
+        _datamodule(tmp_path, rows, val_fraction=0.5)
+    message = str(err.value)
+    assert "dimension 'verbose' has no label" in message and "column 'verbosity'" in message
+    assert "\n" not in message
