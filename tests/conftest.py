@@ -1,4 +1,4 @@
-"""Shared fixtures: paths, the quickstart config and a TensorBoard reader."""
+"""Shared fixtures: paths, the quickstart config and TensorBoard readers."""
 
 from __future__ import annotations
 
@@ -6,35 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from moslim_pl.evaluation import tensorboard
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 QUICKSTART = ROOT / "configs" / "reward_model" / "quickstart.yaml"
-
-
-def _read_scalars(log_dir: Path) -> dict[str, list[float]]:
-    """Every scalar series in the TensorBoard event files under ``log_dir``."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    files = sorted(Path(log_dir).rglob("events.out.tfevents.*"))
-    assert files, f"no TensorBoard events under {log_dir}"
-    series: dict[str, list[float]] = {}
-    for file in files:
-        accumulator = EventAccumulator(str(file), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            series.setdefault(tag, []).extend(e.value for e in accumulator.Scalars(tag))
-    return series
-
-
-def _read_image_tags(log_dir: Path) -> list[str]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags: list[str] = []
-    for file in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
-        accumulator = EventAccumulator(str(file), size_guidance={"images": 0})
-        accumulator.Reload()
-        tags += accumulator.Tags()["images"]
-    return tags
 
 
 @pytest.fixture
@@ -47,12 +23,12 @@ def helpsteer_sample() -> Path:
 
 @pytest.fixture
 def read_scalars():
-    return _read_scalars
+    return tensorboard.read_scalars
 
 
 @pytest.fixture
 def read_image_tags():
-    return _read_image_tags
+    return tensorboard.read_image_tags
 
 
 @pytest.fixture

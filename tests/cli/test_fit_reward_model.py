@@ -103,3 +103,17 @@ def _expect_one_line_error(quickstart_config, tmp_path, capsys, data, dimension,
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("moslim-pl: error: ") and expected in err[-1]
     assert "Traceback" not in "\n".join(err)
+
+
+@pytest.mark.slow
+def test_full_quickstart_reaches_090_on_every_head(quickstart_config, tmp_path, read_scalars):
+    run = _fit_full(quickstart_config, tmp_path)
+    scalars = read_scalars(run)
+    for head in ("verbosity", "formality", "helpfulness"):
+        assert scalars[f"val/acc/{head}"][-1] >= 0.9, head
+
+
+def _fit_full(config, tmp_path):
+    main(["fit", "--config", str(config), f"--trainer.logger.init_args.save_dir={tmp_path}"])
+    (run,) = (tmp_path / "reward_model_quickstart").iterdir()
+    return run
