@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+import transformers
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -36,6 +37,8 @@ class MoslimCLI(LightningCLI):
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``moslim-pl`` console script."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # per-file progress bars of weight loading and saving would drown the training log
+    transformers.utils.logging.disable_progress_bar()
     try:
         MoslimCLI(args=args)
     except MoslimError as err:
