@@ -11,10 +11,11 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, Metric, MetricCollection
+from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from moslim_pl.data.types import IGNORE_LABEL, RewardBatch
+from moslim_pl.errors import MoslimError
 from moslim_pl.evaluation.plots import confusion_matrix_image
 from moslim_pl.losses import multi_head_cross_entropy, pair_scores
 from moslim_pl.models.backbone import load_backbone, load_tokenizer
@@ -32,6 +33,7 @@ def _head_metrics(num_levels: int) -> MetricCollection:
             "acc_within1": MeanMetric(),
             "mae": MeanMetric(),
             "confusion": MulticlassConfusionMatrix(num_levels, ignore_index=IGNORE_LABEL),
+            "count": SumMetric(),
         },
         compute_groups=False,
     )
@@ -107,7 +109,7 @@ class RewardModelModule(LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         dims = getattr(datamodule, "dimensions", None)
         if dims is None:
-            raise ValueError("model.dimensions is not set and the datamodule declares no dimensions")
+            raise MoslimError("model.dimensions is not set and the datamodule declares no dimensions")
         self._build(check_dimensions(dims))
 
     @property
@@ -145,6 +147,7 @@ class RewardModelModule(LightningModule):
             valid = labels != IGNORE_LABEL
             metrics = self.val_metrics[dim.name]
             head_logits = logits[:, k, : dim.num_levels]
+            metrics["count"].update(valid.sum())
             metrics["acc"].update(head_logits, labels)
             metrics["confusion"].update(head_logits, labels)
             if bool(valid.any()):
@@ -168,7 +171,8 @@ class RewardModelModule(LightningModule):
         images = []
         for dim in self.dimensions:
             metrics = self.val_metrics[dim.name]
-            if metrics["acc"].tp.sum() + metrics["acc"].fn.sum() > 0:
+            # count is synced across ranks, so every rank takes the same branch (and the same collectives)
+            if metrics["count"].compute() > 0:
                 for name in ("acc", "acc_within1", "mae"):
                     self.log(f"{stage}/{name}/{dim.name}", metrics[name].compute())
                 images.append((dim, metrics["confusion"].compute()))
