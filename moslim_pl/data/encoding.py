@@ -1,8 +1,12 @@
-"""How a (prompt, response) pair becomes reward-model input ids: one function for training and scoring."""
+"""How a (prompt, response) pair becomes reward-model input ids: one definition for training and scoring."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 from transformers import PreTrainedTokenizerBase
+
+from moslim_pl.errors import MoslimError
 
 
 def _chat(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> list[int]:
@@ -17,13 +21,19 @@ def encode_prompt_response(
     response: str,
     max_length: int,
     chat_template: bool = False,
+    max_prompt_length: int | None = None,
 ) -> list[int]:
     """Token ids of the pair, at most ``max_length`` long, cutting the prompt first.
 
     Without a chat template the tokenizer's pair encoding is used (``[CLS] p [SEP] r [SEP]`` for BERT,
-    the tiny tokenizer's ``p [SEP] r [EOS]``). When truncation is needed the prompt is shortened from
-    its end; the response is only cut when it alone does not fit.
+    the tiny tokenizer's ``p [SEP] r [EOS]``). ``max_prompt_length`` first keeps only the prompt's first
+    tokens, so that long contexts do not crowd out the response. When the pair is still too long the
+    prompt is shortened from its end; the response is only cut when it alone does not fit.
     """
+    if max_prompt_length is not None:
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        if len(prompt_ids) > max_prompt_length:
+            prompt = tokenizer.decode(prompt_ids[:max_prompt_length], skip_special_tokens=True)
     if not chat_template:
         kwargs = {"max_length": max_length, "add_special_tokens": True}
         try:
@@ -41,3 +51,34 @@ def encode_prompt_response(
         response = tokenizer.decode(response_ids[: max(max_length - overhead, 1)])
     prompt = tokenizer.decode(prompt_ids[:room])
     return _chat(tokenizer, prompt, response)[:max_length]
+
+
+@dataclass(frozen=True)
+class PairEncoding:
+    """The reward model's reading settings; saved with every export so scoring reads as training did.
+
+    Args:
+        max_length: token budget of one (prompt, response) pair.
+        chat_template: encode the pair as a user and an assistant turn of the tokenizer's chat template.
+        max_prompt_length: keep at most this many prompt tokens (``None``: no cap beyond ``max_length``).
+    """
+
+    max_length: int = 256
+    chat_template: bool = False
+    max_prompt_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise MoslimError(f"max_length must be at least 2, got {self.max_length}")
+        if self.max_prompt_length is not None and not 0 <= self.max_prompt_length < self.max_length:
+            raise MoslimError(
+                f"max_prompt_length must be in [0, max_length={self.max_length}), got {self.max_prompt_length}"
+            )
+
+    def encode(self, tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> list[int]:
+        return encode_prompt_response(
+            tokenizer, prompt, response, self.max_length, self.chat_template, self.max_prompt_length
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)

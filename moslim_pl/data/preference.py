@@ -12,6 +12,7 @@ import functools
 import logging
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from moslim_pl.data.collate import RewardExample, collate_reward_batch
-from moslim_pl.data.encoding import encode_prompt_response
+from moslim_pl.data.encoding import PairEncoding
 from moslim_pl.data.sources import (
     Columns,
     DataError,
@@ -73,7 +74,10 @@ class PreferenceDataModule(LightningDataModule):
         val_fraction: share of the prompts held out for validation when ``val_source`` is not given.
         max_length: longest sequence; the prompt is cut first. ``None``: the LightningModule's.
         chat_template: encode with the tokenizer's chat template (for chat backbones). ``None``: the
-            LightningModule's. Without a LightningModule the defaults are the tiny tokenizer, 256, False.
+            LightningModule's.
+        max_prompt_length: keep at most this many prompt tokens. ``None``: the LightningModule's.
+            Without a LightningModule (or one without ``encoding``) the defaults are the tiny tokenizer
+            and ``PairEncoding()``.
         batch_size: training rows per batch (a pairwise row counts once, yielding two sequences).
         eval_batch_size: validation rows per batch; defaults to ``batch_size``.
         num_workers: DataLoader workers.
@@ -96,6 +100,7 @@ class PreferenceDataModule(LightningDataModule):
         val_fraction: float = 0.2,
         max_length: int | None = None,
         chat_template: bool | None = None,
+        max_prompt_length: int | None = None,
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -104,7 +109,7 @@ class PreferenceDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         # the module logs the tokenization settings it owns; the same keys here would clash when unset
-        self.save_hyperparameters(ignore=["max_length", "chat_template", "dimensions"])
+        self.save_hyperparameters(ignore=["max_length", "chat_template", "max_prompt_length", "dimensions"])
         if val_source is None and not 0.0 < val_fraction < 1.0:
             raise MoslimError(
                 f"val_fraction must be in (0, 1) when no val_source is given, got {val_fraction}"
@@ -125,8 +130,12 @@ class PreferenceDataModule(LightningDataModule):
             prompt_column, response_column, chosen_column, rejected_column, pair_dimension_column
         )
         self.val_fraction = val_fraction
-        self.max_length = max_length
-        self.chat_template = chat_template
+        self._encoding_overrides = {
+            "max_length": max_length,
+            "chat_template": chat_template,
+            "max_prompt_length": max_prompt_length,
+        }
+        self.encoding: PairEncoding | None = None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -200,13 +209,11 @@ class PreferenceDataModule(LightningDataModule):
     def _take_model_settings(self) -> None:
         """Fill unset tokenization settings from the LightningModule: the RM decides how it reads text."""
         module = self.trainer.lightning_module if self.trainer is not None else None
-        for name, fallback in (
-            ("tokenizer_name", "moslim/tiny-llama"),
-            ("max_length", 256),
-            ("chat_template", False),
-        ):
-            if getattr(self, name) is None:
-                setattr(self, name, getattr(module, name, fallback))
+        if self.tokenizer_name is None:
+            self.tokenizer_name = getattr(module, "tokenizer_name", "moslim/tiny-llama")
+        base = getattr(module, "encoding", None) or PairEncoding()
+        overrides = {k: v for k, v in self._encoding_overrides.items() if v is not None}
+        self.encoding = replace(base, **overrides)
 
     def _load_tokenizer(self) -> PreTrainedTokenizerBase:
         from moslim_pl.models.backbone import load_tokenizer
@@ -214,7 +221,7 @@ class PreferenceDataModule(LightningDataModule):
         tokenizer = load_tokenizer(self.tokenizer_name, trust_remote_code=self.trust_remote_code)
         if tokenizer.pad_token_id is None:
             raise MoslimError(f"tokenizer {self.tokenizer_name!r} has no pad token")
-        if self.chat_template and not getattr(tokenizer, "chat_template", None):
+        if self.encoding.chat_template and not getattr(tokenizer, "chat_template", None):
             raise MoslimError(
                 f"chat_template=True but tokenizer {self.tokenizer_name!r} has no chat template"
             )
@@ -226,9 +233,7 @@ class PreferenceDataModule(LightningDataModule):
 
     def _encode(self, rows: Sequence[PreferenceRow]) -> list[RewardExample]:
         def encode(prompt: str, response: str) -> list[int]:
-            return encode_prompt_response(
-                self.tokenizer, prompt, response, self.max_length, self.chat_template
-            )
+            return self.encoding.encode(self.tokenizer, prompt, response)
 
         return [
             RewardExample(

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from moslim_pl.data.encoding import encode_prompt_response
+from moslim_pl.data.encoding import PairEncoding
 from moslim_pl.errors import MoslimError
 from moslim_pl.models.backbone import is_encoder, load_backbone, load_tokenizer
 from moslim_pl.prefix import parse_prefix
@@ -75,8 +75,8 @@ class MultiHeadRewardModel(nn.Module):
             token, for left or right padding), ``"cls"`` (first attended token, i.e. position 0 under right
             padding) or ``"mean"`` (mean over attended tokens).
         tokenizer: needed by :meth:`score` and saved by :meth:`save_pretrained`.
-        max_length: token budget of one (prompt, response) pair in :meth:`score`.
-        chat_template: encode pairs with the tokenizer's chat template instead of its pair encoding.
+        encoding: how :meth:`score` turns a (prompt, response) pair into ids (length budget, chat template,
+            prompt cap); the datamodule must use the same for training.
     """
 
     def __init__(
@@ -85,8 +85,7 @@ class MultiHeadRewardModel(nn.Module):
         dimensions: Sequence[Dimension],
         pooling: str = "auto",
         tokenizer: PreTrainedTokenizerBase | None = None,
-        max_length: int = 512,
-        chat_template: bool = False,
+        encoding: PairEncoding | None = None,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -96,8 +95,7 @@ class MultiHeadRewardModel(nn.Module):
         encoder = is_encoder(backbone.config)
         self.pooling = ("mean" if encoder else "last") if pooling == "auto" else pooling
         self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.chat_template = chat_template
+        self.encoding = encoding or PairEncoding()
         # Decoders with left padding need positions counted from the first real token to match the
         # unpadded sequence; encoders keep their own scheme (RoBERTa offsets positions by the pad id).
         self._pass_positions = not encoder and _accepts_position_ids(backbone)
@@ -226,7 +224,7 @@ class MultiHeadRewardModel(nn.Module):
         rows = [levels for levels, _ in parsed] if targets is None else targets
         target_idx = resolve_targets(self.targets_tensor(rows), self.default_targets_tensor())
         encoded = [
-            encode_prompt_response(self.tokenizer, text, response, self.max_length, self.chat_template)
+            self.encoding.encode(self.tokenizer, text, response)
             for (_, text), response in zip(parsed, responses, strict=True)
         ]
         probs = self._batched_probabilities(encoded, batch_size)
@@ -292,8 +290,7 @@ class MultiHeadRewardModel(nn.Module):
                 "format_version": FORMAT_VERSION,
                 "dimensions": [d.to_dict() for d in self._dimensions],
                 "pooling": self.pooling,
-                "max_length": self.max_length,
-                "chat_template": self.chat_template,
+                "encoding": self.encoding.to_dict(),
             }
             (staging / RM_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
             _replace_folder(staging, folder)
@@ -316,8 +313,7 @@ class MultiHeadRewardModel(nn.Module):
             config["dimensions"],
             pooling=config["pooling"],
             tokenizer=tokenizer,
-            max_length=config["max_length"],
-            chat_template=config["chat_template"],
+            encoding=config["encoding"],
         )
         heads_path = folder / HEADS_FILE
         if not heads_path.is_file():
@@ -359,7 +355,7 @@ def _read_config(folder: Path) -> dict:
         raise MoslimError(
             f"{str(folder)!r} is not a reward model export: cannot read {RM_CONFIG} ({reason})"
         ) from err
-    required = ("format_version", "dimensions", "pooling", "max_length", "chat_template")
+    required = ("format_version", "dimensions", "pooling", "encoding")
     missing = [key for key in required if not isinstance(config, dict) or key not in config]
     if missing:
         raise MoslimError(f"invalid {RM_CONFIG} in {str(folder)!r}: missing {', '.join(missing)}")
@@ -370,6 +366,7 @@ def _read_config(folder: Path) -> dict:
         )
     try:
         config["dimensions"] = check_dimensions(config["dimensions"])
+        config["encoding"] = PairEncoding(**config["encoding"])
     except (TypeError, ValueError) as err:
         reason = " ".join(str(err).split())
         raise MoslimError(f"invalid {RM_CONFIG} in {str(folder)!r}: bad dimensions ({reason})") from err

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from moslim_pl.data.encoding import PairEncoding
 from moslim_pl.data.types import IGNORE_LABEL, RewardBatch
 from moslim_pl.errors import MoslimError
 from moslim_pl.evaluation.plots import confusion_matrix_image
@@ -49,6 +50,8 @@ class RewardModelModule(LightningModule):
         tiny_config: overrides of the tiny backbone's config (``hidden_size``, ``num_hidden_layers``, ...).
         max_length: the RM's maximum input length (the datamodule tokenizes with it).
         chat_template: format (prompt, response) with the tokenizer's chat template.
+        max_prompt_length: keep at most this many prompt tokens, so long contexts leave room for the
+            response (``None``: only ``max_length`` limits).
         learning_rate, weight_decay, warmup_steps: AdamW with linear warm-up then constant.
         head_learning_rate: learning rate of the freshly initialized heads (default: ``learning_rate``);
             a pretrained backbone wants a small rate, new heads a larger one.
@@ -63,6 +66,7 @@ class RewardModelModule(LightningModule):
         tiny_config: dict[str, Any] | None = None,
         max_length: int = 256,
         chat_template: bool = False,
+        max_prompt_length: int | None = None,
         learning_rate: float = 1e-3,
         head_learning_rate: float | None = None,
         weight_decay: float = 0.0,
@@ -73,8 +77,7 @@ class RewardModelModule(LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.tokenizer_name = backbone
-        self.max_length = max_length
-        self.chat_template = chat_template
+        self.encoding = PairEncoding(max_length, chat_template, max_prompt_length)
         self.rm: MultiHeadRewardModel | None = None
         if dimensions is not None:
             self._build(check_dimensions(dimensions))
@@ -92,8 +95,7 @@ class RewardModelModule(LightningModule):
                 dimensions,
                 pooling=hp.pooling,
                 tokenizer=tokenizer,
-                max_length=hp.max_length,
-                chat_template=hp.chat_template,
+                encoding=self.encoding,
             )
             self.val_metrics = nn.ModuleDict({d.name: _head_metrics(d.num_levels) for d in dimensions})
             self.val_pair_acc = MeanMetric()

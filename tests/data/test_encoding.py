@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from moslim_pl.data.encoding import encode_prompt_response
+from moslim_pl.data.encoding import PairEncoding, encode_prompt_response
+from moslim_pl.errors import MoslimError
 from moslim_pl.models.backbone import build_word_tokenizer
 
 WORDS = ["tell", "me", "about", "rivers", "lakes", "delta", "water", "flows", ".", "user", "assistant", ":"]
@@ -53,3 +54,18 @@ def test_chat_template_truncation_keeps_the_response(tokenizer):
     assert len(ids) <= 16
     assert tokenizer.decode(ids).endswith("assistant : water flows . [SEP]")
     assert tokenizer.decode(ids).startswith("user : tell me")
+
+
+def test_prompt_cap_keeps_the_prompts_first_tokens(tokenizer):
+    encoding = PairEncoding(max_length=64, max_prompt_length=3)
+    ids = encoding.encode(tokenizer, "tell me about rivers .", "water flows .")
+    assert tokenizer.decode(ids) == "tell me about [SEP] water flows . [EOS]"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"max_length": 1}, "max_length"), ({"max_prompt_length": 300}, "max_prompt_length")],
+)
+def test_bad_encoding_settings(kwargs, field):
+    with pytest.raises(MoslimError, match=field):
+        PairEncoding(**kwargs)

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast
 
+from moslim_pl.data.encoding import PairEncoding
 from moslim_pl.models import reward_model as rm_module
 from moslim_pl.models.backbone import build_word_tokenizer, load_backbone, load_tokenizer
 from moslim_pl.models.reward_model import MultiHeadRewardModel, ScoreOutput
@@ -44,7 +45,9 @@ def tokenizer() -> PreTrainedTokenizerFast:
 def _rm(name: str, tokenizer: PreTrainedTokenizerFast, pooling: str = "auto") -> MultiHeadRewardModel:
     torch.manual_seed(0)
     backbone = load_backbone(name, tokenizer=tokenizer)
-    return MultiHeadRewardModel(backbone, DIMS, pooling=pooling, tokenizer=tokenizer, max_length=64).eval()
+    return MultiHeadRewardModel(
+        backbone, DIMS, pooling=pooling, tokenizer=tokenizer, encoding=PairEncoding(64)
+    ).eval()
 
 
 @pytest.fixture
@@ -204,11 +207,15 @@ def test_export_round_trip(name: str, tokenizer, tmp_path) -> None:
     } <= names
     meta = json.loads((folder / "moslim_rm.json").read_text())
     assert meta["format_version"] == 1 and meta["pooling"] == model.pooling
-    assert meta["dimensions"] == [d.to_dict() for d in DIMS] and meta["max_length"] == 64
-    assert meta["chat_template"] is False
+    assert meta["dimensions"] == [d.to_dict() for d in DIMS]
+    assert meta["encoding"] == {"max_length": 64, "chat_template": False, "max_prompt_length": None}
 
     reloaded = MultiHeadRewardModel.from_pretrained(folder).eval()
-    assert reloaded.dimensions == DIMS and reloaded.pooling == model.pooling and reloaded.max_length == 64
+    assert (
+        reloaded.dimensions == DIMS
+        and reloaded.pooling == model.pooling
+        and reloaded.encoding == PairEncoding(64)
+    )
     assert (_probs(reloaded, tokenizer) - _probs(model, tokenizer)).abs().max() < 1e-6
     for buffer in ("stats_mean", "stats_std", "stats_count"):
         assert torch.equal(getattr(reloaded, buffer), getattr(model, buffer))
@@ -266,7 +273,7 @@ def test_minilm_backbone_scores_pairs() -> None:
     path = str(minilm.get_model_path())
     tokenizer = load_tokenizer(path)
     backbone = load_backbone(path)
-    model = MultiHeadRewardModel(backbone, DIMS, tokenizer=tokenizer, max_length=128)
+    model = MultiHeadRewardModel(backbone, DIMS, tokenizer=tokenizer, encoding=PairEncoding(128))
     assert model.pooling == "mean" and isinstance(model.heads["quality"], torch.nn.Linear)
     out = model.score(["<quality 3> How do rivers form?", "Tell me a joke."], ["Rain flows downhill.", "No."])
     assert out.reward.shape == (2,) and out.probs.shape == (2, 2, 4)
