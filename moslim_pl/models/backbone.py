@@ -235,3 +235,60 @@ def load_backbone(
 def is_encoder(config: PretrainedConfig) -> bool:
     """Whether the backbone is a bidirectional encoder (mean pooling) rather than a decoder (last token)."""
     return getattr(config, "model_type", None) in ENCODER_MODEL_TYPES
+
+
+def load_causal_lm(
+    name_or_path: str,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    tiny_config: dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+    gguf_file: str | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> PreTrainedModel:
+    """A decoder with its LM head (``AutoModelForCausalLM``), the policy and reference model of RL stages.
+
+    Takes the arguments of :func:`load_backbone`. ``moslim/tiny-llama`` becomes a ``LlamaForCausalLM``
+    with untied input and output embeddings (Llama's default). When ``tokenizer`` is given (always for tiny
+    ids) its eos and pad ids fill whatever the model's generation config lacks, so that generation stops
+    and pads as the tokenizer expects. Encoders (``moslim/tiny-bert``, BERT folders) raise: they cannot
+    generate.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM  # only RL stages need the LM head classes
+
+    dtype = _as_dtype(dtype)
+    if name_or_path == "moslim/tiny-bert":
+        raise MoslimError(
+            "moslim/tiny-bert is an encoder, not a decoder: a causal LM needs moslim/tiny-llama"
+        )
+    if name_or_path in TINY_BACKBONES:
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name_or_path)
+        model = AutoModelForCausalLM.from_config(_tiny_config(name_or_path, tokenizer, tiny_config or {}))
+        model = model.to(dtype) if isinstance(dtype, torch.dtype) else model
+    else:
+        _check_local(name_or_path, "causal LM")
+        name_or_path = resolve_offline(name_or_path)
+        kwargs = _hub_kwargs(trust_remote_code, gguf_file)
+        try:
+            # Checked on the config first: AutoModelForCausalLM would load BERT with a fresh LM head.
+            config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+            if is_encoder(config):
+                raise MoslimError(
+                    f"{name_or_path!r} is an encoder ({config.model_type}), not a decoder: it cannot generate"
+                )
+            if dtype is not None:
+                kwargs["dtype"] = dtype
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+        except MoslimError:
+            raise
+        except (OSError, ValueError, KeyError) as err:
+            raise MoslimError(f"cannot load causal LM {name_or_path!r}: {_one_line(err)}") from err
+    if tokenizer is not None:
+        generation = model.generation_config
+        if generation.eos_token_id is None:
+            generation.eos_token_id = tokenizer.eos_token_id
+        if generation.pad_token_id is None:
+            generation.pad_token_id = tokenizer.pad_token_id
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+    return model
