@@ -1,0 +1,150 @@
+"""RLOO: REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024), plus the KL controllers.
+
+One RLOO step, with ``B`` prompts, ``k`` samples each and ``N = B * k`` rows laid out as
+``rollout.generate`` does (rows ``b * k .. b * k + k - 1`` belong to prompt ``b``)::
+
+    shaped = shape_rewards(rewards, kl, controller.value)    # r - beta * KL_seq, BEFORE the baseline
+    advantages = rloo_advantages(shaped, k)                  # A_i = r_i - mean_{j != i} r_j
+    loss, stats = rloo_loss(logprobs, old_logprobs, advantages, response_mask, clip_ratio)
+    controller.update(kl.mean().item(), n_steps=N)
+
+Pure torch: no Lightning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from moslim_pl.errors import MoslimError
+
+
+def rloo_advantages(rewards: Tensor, k: int) -> Tensor:
+    """Leave-one-out advantages ``[N] -> [N]``: each sample's reward minus the mean of its ``k - 1`` siblings.
+
+    ``A_i = r_i - (sum_j r_j - r_i) / (k - 1) = k / (k - 1) * (r_i - mean_j r_j)`` within each prompt's
+    group of ``k`` consecutive rows; every group's advantages sum to 0.
+    """
+    if k < 2:
+        raise MoslimError(f"RLOO needs at least 2 samples per prompt for its baseline, got k={k}")
+    if rewards.dim() != 1 or rewards.shape[0] % k:
+        raise MoslimError(f"rewards must be [B * k] with k={k}, got shape {tuple(rewards.shape)}")
+    groups = rewards.reshape(-1, k)
+    baseline = (groups.sum(-1, keepdim=True) - groups) / (k - 1)
+    return (groups - baseline).reshape(-1)
+
+
+def shape_rewards(rewards: Tensor, kl: Tensor, kl_coef: float) -> Tensor:
+    """The KL-penalized reward ``r - kl_coef * KL_seq`` (``[N]``), the quantity the baseline is taken of.
+
+    ``kl`` is the per-sequence estimate of ``rollout.kl_estimate`` (k1 summed over the response tokens);
+    it is detached: the penalty acts through the advantage, not as a differentiable loss term.
+    """
+    return rewards - kl_coef * kl.detach()
+
+
+def rloo_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    response_mask: Tensor,
+    clip_ratio: float | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Policy-gradient loss with one advantage per sequence.
+
+    Without ``clip_ratio``: ``loss = -mean_i(A_i * sum_t logp_{i,t})``, REINFORCE on the sequence's
+    log-probability. Token log-probs are SUMMED within a sequence (the sequence is the action the reward
+    judges, as in the RLOO paper) and the result is AVERAGED over sequences, so a long response carries
+    more gradient than a short one, and the loss scale does not depend on the batch size.
+
+    With ``clip_ratio = eps``: PPO's clipped surrogate per token, ``rho_t = exp(logp_t - old_logp_t)``,
+    ``loss = -mean_i sum_t min(rho_t * A_i, clip(rho_t, 1 - eps, 1 + eps) * A_i)``, with the same
+    sum-then-mean normalization. While the policy still equals the one that sampled (``rho = 1``), the
+    gradients of the two forms coincide.
+
+    Args:
+        logprobs: ``[N, R]`` token log-probs under the policy being trained (with grad).
+        old_logprobs: ``[N, R]`` token log-probs under the policy that sampled (no grad needed).
+        advantages: ``[N]`` one advantage per sequence (:func:`rloo_advantages`); detached here.
+        response_mask: ``[N, R]`` 1 on response tokens; padded positions contribute nothing.
+        clip_ratio: PPO's ``eps``; ``None`` disables clipping.
+
+    Returns:
+        ``(loss, stats)``: a scalar loss and detached scalars ``clip_fraction`` (share of response
+        tokens whose ratio was clipped, 0 without clipping), ``ratio`` (mean token ratio) and
+        ``approx_kl_old`` (mean token k3 estimate of KL(old || policy)).
+    """
+    if clip_ratio is not None and clip_ratio <= 0:
+        raise MoslimError(f"clip_ratio must be > 0 or None, got {clip_ratio}")
+    mask = response_mask.to(logprobs.dtype)
+    advantages = advantages.detach().to(logprobs.dtype).unsqueeze(-1)  # [N, 1]
+    log_ratio = (logprobs - old_logprobs.detach()) * mask
+    ratio = torch.exp(log_ratio)
+    if clip_ratio is None:
+        objective = advantages * logprobs
+        clipped = torch.zeros_like(mask, dtype=torch.bool)
+    else:
+        unclipped = ratio * advantages
+        bounded = torch.clamp(ratio, 1.0 - clip_ratio, 1.0 + clip_ratio) * advantages
+        objective = torch.minimum(unclipped, bounded)
+        clipped = bounded < unclipped
+    loss = -(objective * mask).sum(-1).mean()
+    with torch.no_grad():
+        tokens = mask.sum().clamp(min=1)
+        stats = {
+            "clip_fraction": (clipped.to(mask.dtype) * mask).sum() / tokens,
+            "ratio": (ratio * mask).sum() / tokens,
+            "approx_kl_old": ((ratio - 1 - log_ratio) * mask).sum() / tokens,
+        }
+    return loss, stats
+
+
+class FixedKLController:
+    """A constant KL coefficient; ``update`` does nothing (same interface as the adaptive one)."""
+
+    def __init__(self, kl_coef: float) -> None:
+        if kl_coef < 0:
+            raise MoslimError(f"kl_coef must be >= 0, got {kl_coef}")
+        self.value = float(kl_coef)
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        return self.value
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController:
+    """Steer the KL coefficient towards a target KL (Ziegler et al. 2019, "Fine-Tuning LMs from Human Preferences").
+
+    After each batch: ``e = clip(KL / target - 1, -0.2, 0.2)``, ``beta *= 1 + e * n_steps / horizon``.
+    ``current_kl`` is the batch's mean per-sequence KL and ``n_steps`` the number of sequences it holds,
+    so ``horizon`` is counted in sequences (samples), as in the paper and TRL.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: float) -> None:
+        if init_kl_coef < 0 or target <= 0 or horizon <= 0:
+            raise MoslimError(
+                f"adaptive KL needs kl_coef >= 0, target > 0 and horizon > 0, "
+                f"got {init_kl_coef}, {target}, {horizon}"
+            )
+        self.value = float(init_kl_coef)
+        self.target = float(target)
+        self.horizon = float(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+    def state_dict(self) -> dict[str, Any]:
+        # Only the coefficient is state: target and horizon are hyperparameters, set by the config.
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = float(state["value"])

@@ -1,0 +1,356 @@
+"""LightningModule that optimizes the prompt-steered policy with RLOO against the frozen multi-head RM.
+
+Each training batch is a list of prompts (``<name level>`` prefix or none). One step reads::
+
+    k samples per prompt -> RM reward (prefix stripped by the RM) -> minus beta * KL to the reference
+    -> leave-one-out advantages -> REINFORCE (optionally PPO-clipped) update(s) of the policy
+
+The reference model is a frozen copy of the initial policy; the RM is loaded from its export, frozen and
+never trained. Dropout stays off in all three models (as TRL does): the log-probs that train the policy
+must be those of the distribution that sampled.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from moslim_pl.errors import MoslimError
+from moslim_pl.losses.rloo import (
+    AdaptiveKLController,
+    FixedKLController,
+    rloo_advantages,
+    rloo_loss,
+    shape_rewards,
+)
+from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
+from moslim_pl.models.reward_model import MultiHeadRewardModel, _replace_folder
+from moslim_pl.rewards.mapping import MAPPINGS
+from moslim_pl.rollout import (
+    RewardOutput,
+    Rollout,
+    encode_prompts,
+    entropy_from_logits,
+    generate,
+    kl_estimate,
+    response_logits,
+    rollout_inputs,
+    score_responses,
+    sequence_logprobs,
+    token_logprobs,
+)
+
+log = logging.getLogger(__name__)
+
+_SAMPLE_ROWS = 8  # rows of the text table logged to TensorBoard
+
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+class RLOOModule(LightningModule):
+    """RLOO policy optimization; logs ``rollout/*``, ``reward/<head>``, ``train/*`` and ``val/*``.
+
+    Args:
+        policy: the initial policy: a hub id, a folder (an SFT export in practice) or ``moslim/tiny-llama``.
+        reward_model: the folder of a reward model export (``RewardModelModule.export``); required.
+        tiny_config: overrides of the tiny policy's config (only for ``moslim/tiny-llama``).
+        num_samples: ``k`` responses per prompt (>= 2: the baseline of each is the mean of the others).
+        max_new_tokens, temperature, top_p: sampling of the training rollouts (``temperature > 0``).
+        max_prompt_length: prompt tokens kept (the prefix and the end of the prompt survive a cut).
+        chat_template: render each prompt as the user turn of the policy tokenizer's chat template.
+        mapping, mapping_weights: the reward mapping (``moslim_pl.rewards.mapping``); weights for ``linear``.
+        kl_coef: ``beta`` of the reward shaping ``r - beta * KL_seq`` (the initial value when adaptive).
+        kl_target, kl_horizon: with ``kl_target`` set, ``beta`` adapts towards this per-sequence KL over a
+            horizon counted in samples (Ziegler et al.); ``None`` keeps ``beta`` fixed.
+        clip_ratio: PPO-style token ratio clipping; only bites with ``updates_per_rollout > 1``.
+        updates_per_rollout: optimizer steps taken on each rollout (each is one ``global_step``).
+        max_grad_norm: gradient norm clipping (``None``: off). The Trainer's ``gradient_clip_val`` and
+            ``accumulate_grad_batches`` do not apply: this module optimizes manually.
+        learning_rate, weight_decay, warmup_steps: AdamW with linear warm-up then constant.
+        missing_eos_penalty: subtracted from the reward of responses cut at ``max_new_tokens``.
+        val_temperature: sampling temperature of validation (one response per prompt; 0 = greedy).
+        log_samples_every_n_steps: text samples to TensorBoard every this many rollouts (``None``: never).
+        rm_batch_size: pairs per RM forward pass.
+        trust_remote_code: passed to ``from_pretrained`` for the policy.
+    """
+
+    def __init__(
+        self,
+        policy: str = "moslim/tiny-llama",
+        reward_model: str | None = None,
+        tiny_config: dict[str, Any] | None = None,
+        num_samples: int = 4,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_prompt_length: int = 256,
+        chat_template: bool = False,
+        mapping: str = "gaussian",
+        mapping_weights: list[float] | None = None,
+        kl_coef: float = 0.05,
+        kl_target: float | None = None,
+        kl_horizon: float = 10000.0,
+        clip_ratio: float | None = None,
+        updates_per_rollout: int = 1,
+        max_grad_norm: float | None = 1.0,
+        learning_rate: float = 1e-5,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        missing_eos_penalty: float | None = None,
+        val_temperature: float = 0.0,
+        log_samples_every_n_steps: int | None = 50,
+        rm_batch_size: int = 16,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self._check_arguments()
+        self.tokenizer_name = policy
+        self.tokenizer = load_tokenizer(policy, trust_remote_code=trust_remote_code)
+        # validate/test may build the module under inference mode; parameters made there could never train
+        with torch.inference_mode(False):
+            self.policy = load_causal_lm(
+                policy, tokenizer=self.tokenizer, tiny_config=tiny_config, trust_remote_code=trust_remote_code
+            )
+            self.reference = copy.deepcopy(self.policy).requires_grad_(False)
+            self.rm = MultiHeadRewardModel.from_pretrained(reward_model).requires_grad_(False)
+        self.train()  # puts the three models in eval mode (see train())
+        if mapping == "linear" and (mapping_weights is None or len(mapping_weights) != len(self.rm.names)):
+            raise MoslimError(
+                f"the linear mapping needs mapping_weights with one weight per head {self.rm.names}, "
+                f"got {mapping_weights}"
+            )
+        if kl_target is None:
+            self.kl_controller: FixedKLController | AdaptiveKLController = FixedKLController(kl_coef)
+        else:
+            self.kl_controller = AdaptiveKLController(kl_coef, kl_target, kl_horizon)
+        self._val_totals: Tensor | None = None
+
+    def _check_arguments(self) -> None:
+        hp = self.hparams
+        if hp.reward_model is None:
+            raise MoslimError("RLOOModule needs reward_model: the folder of a reward model export")
+        if hp.num_samples < 2:
+            raise MoslimError(f"RLOO needs num_samples >= 2 (its baseline), got {hp.num_samples}")
+        if hp.temperature <= 0 or hp.val_temperature < 0:
+            raise MoslimError(
+                f"need temperature > 0 and val_temperature >= 0, got {hp.temperature}, {hp.val_temperature}"
+            )
+        if hp.mapping not in MAPPINGS:
+            raise MoslimError(f"unknown reward mapping {hp.mapping!r}; expected one of {', '.join(MAPPINGS)}")
+        if hp.updates_per_rollout < 1:
+            raise MoslimError(f"updates_per_rollout must be >= 1, got {hp.updates_per_rollout}")
+        if hp.clip_ratio is not None and hp.clip_ratio <= 0:
+            raise MoslimError(f"clip_ratio must be > 0 or None, got {hp.clip_ratio}")
+
+    def train(self, mode: bool = True) -> RLOOModule:
+        super().train(mode)
+        # Dropout would make the training log-probs differ from those of the sampling distribution (and
+        # perturb the reference and the reward); none of the three models ever needs it.
+        for model in (self.policy, self.reference, self.rm):
+            model.eval()
+        return self
+
+    # ------------------------------------------------------------------ rollouts
+    @staticmethod
+    def _prompts(batch: Sequence[str]) -> list[str]:
+        prompts = list(batch)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise MoslimError(
+                f"RLOOModule expects batches of prompt strings, got {type(batch).__name__} of "
+                f"{sorted({type(p).__name__ for p in prompts})}"
+            )
+        return prompts
+
+    def _rollout(self, prompts: list[str], num_samples: int, temperature: float) -> Rollout:
+        hp = self.hparams
+        batch = encode_prompts(
+            self.tokenizer, prompts, hp.max_prompt_length, hp.chat_template, dimensions=self.rm.dimensions
+        )
+        return generate(
+            self.policy,
+            self.tokenizer,
+            batch,
+            max_new_tokens=hp.max_new_tokens,
+            temperature=temperature,
+            top_p=hp.top_p,
+            num_samples=num_samples,
+        )
+
+    def _score(self, prompts: list[str], rollout: Rollout) -> RewardOutput:
+        hp = self.hparams
+        # The ORIGINAL prompts, prefix included: the RM strips the prefix and reads the targets from it.
+        texts = [prompts[i] for i in rollout.prompt_index.tolist()]
+        return score_responses(
+            self.rm,
+            texts,
+            rollout.responses,
+            mapping=hp.mapping,
+            weights=hp.mapping_weights,
+            batch_size=hp.rm_batch_size,
+        )
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Sequence[str], batch_idx: int) -> Tensor:
+        hp = self.hparams
+        prompts = self._prompts(batch)
+        rollout = self._rollout(prompts, hp.num_samples, hp.temperature)
+        scores = self._score(prompts, rollout)
+        reward = scores.reward.to(self.device)
+        if hp.missing_eos_penalty is not None:
+            reward = reward - hp.missing_eos_penalty * (~rollout.finished).to(reward.dtype)
+        inputs = rollout_inputs(rollout)
+        mask = rollout.response_mask
+        with torch.no_grad():
+            ref_logprobs = sequence_logprobs(self.reference, *inputs, temperature=hp.temperature)
+
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        kl_coef = self.kl_controller.value
+        rollout_number = self.global_step // hp.updates_per_rollout
+        losses, clip_fractions = [], []
+        for update in range(hp.updates_per_rollout):
+            logits = response_logits(self.policy, *inputs[:3], temperature=hp.temperature)
+            logprobs = token_logprobs(logits, rollout.sequences[:, rollout.prompt_length :])
+            logprobs = torch.where(mask.bool(), logprobs, torch.zeros_like(logprobs))
+            if update == 0:  # the policy that sampled: fixes the KL, the advantages and the old log-probs
+                old_logprobs = logprobs.detach()
+                kl = kl_estimate(old_logprobs, ref_logprobs, mask)
+                advantages = rloo_advantages(shape_rewards(reward, kl, kl_coef), hp.num_samples)
+                entropy = (entropy_from_logits(logits.detach()) * mask).sum() / mask.sum().clamp(min=1)
+            loss, stats = rloo_loss(logprobs, old_logprobs, advantages, mask, hp.clip_ratio)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            if hp.max_grad_norm is not None:
+                self.clip_gradients(optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.detach())
+            clip_fractions.append(stats["clip_fraction"])
+
+        size = len(rollout.responses)
+        self.log("train/loss", torch.stack(losses).mean(), prog_bar=True, batch_size=size)
+        self.log("train/kl_coef", kl_coef, batch_size=size)
+        if hp.clip_ratio is not None:
+            self.log("train/clip_fraction", torch.stack(clip_fractions).mean(), batch_size=size)
+        self._log_rollout(scores, rollout, kl, entropy)
+        self._update_kl_controller(kl, size)
+        if hp.log_samples_every_n_steps and rollout_number % hp.log_samples_every_n_steps == 0:
+            self._log_samples(prompts, rollout, scores.reward)
+        return torch.stack(losses).mean()
+
+    def _log_rollout(self, scores: RewardOutput, rollout: Rollout, kl: Tensor, entropy: Tensor) -> None:
+        size = len(rollout.responses)
+        self.log("rollout/reward", scores.reward.mean(), prog_bar=True, batch_size=size)
+        self.log("rollout/kl", kl.mean(), prog_bar=True, batch_size=size)
+        self.log("rollout/entropy", entropy, batch_size=size)
+        self.log("rollout/response_length", rollout.response_mask.sum(-1).float().mean(), batch_size=size)
+        self.log("rollout/finished", rollout.finished.float().mean(), batch_size=size)
+        requested = scores.requested >= 0
+        for k, name in enumerate(self.rm.names):
+            if scores.mask[:, k].any():
+                self.log(f"reward/{name}", scores.components[scores.mask[:, k], k].mean(), batch_size=size)
+            if requested[:, k].any():
+                hits = scores.hit[requested[:, k], k].float().mean()
+                self.log(f"rollout/hit_rate/{name}", hits, batch_size=size)
+
+    def _update_kl_controller(self, kl: Tensor, size: int) -> None:
+        # Every rank must hold the same beta: the controller sees the KL averaged over all ranks.
+        mean_kl = self.trainer.strategy.reduce(kl.mean().detach(), reduce_op="mean")
+        self.kl_controller.update(float(mean_kl), n_steps=size * self.trainer.world_size)
+
+    def _log_samples(self, prompts: list[str], rollout: Rollout, reward: Tensor) -> None:
+        if self.global_rank != 0:
+            return
+        rows = ["| prompt | response | reward |", "|---|---|---|"]
+        for i in range(min(len(rollout.responses), _SAMPLE_ROWS)):
+            prompt = prompts[int(rollout.prompt_index[i])]
+            response = rollout.responses[i]
+            rows.append(f"| {_markdown_cell(prompt)} | {_markdown_cell(response)} | {float(reward[i]):.3f} |")
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("rollout/samples", "\n".join(rows), self.global_step)
+
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self) -> None:
+        # reward sum, row count, then hits and requested rows per head
+        self._val_totals = torch.zeros(2 + 2 * len(self.rm.names), device=self.device)
+
+    def validation_step(self, batch: Sequence[str], batch_idx: int) -> None:
+        prompts = self._prompts(batch)
+        rollout = self._rollout(prompts, 1, self.hparams.val_temperature)
+        scores = self._score(prompts, rollout)
+        requested = scores.requested >= 0
+        totals = torch.cat(
+            [
+                torch.stack([scores.reward.sum(), torch.tensor(float(len(prompts)))]),
+                scores.hit.sum(0).float(),
+                requested.sum(0).float(),
+            ]
+        )
+        self._val_totals += totals.to(self._val_totals.device)
+
+    def on_validation_epoch_end(self) -> None:
+        totals = self.trainer.strategy.reduce(self._val_totals, reduce_op="sum")
+        num_heads = len(self.rm.names)
+        if totals[1] > 0:
+            self.log("val/reward", totals[0] / totals[1])
+        hits, requested = totals[2 : 2 + num_heads], totals[2 + num_heads :]
+        for k, name in enumerate(self.rm.names):
+            if requested[k] > 0:
+                self.log(f"val/hit_rate/{name}", hits[k] / requested[k])
+
+    # ------------------------------------------------------------------ optimisation, checkpoints, export
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, param in self.policy.named_parameters():
+            if param.requires_grad:
+                # no decay on biases and norms, as is usual for transformers
+                (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.learning_rate,
+        )
+        warmup = max(int(hp.warmup_steps), 0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["kl_controller"] = self.kl_controller.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "kl_controller" in checkpoint:
+            self.kl_controller.load_state_dict(checkpoint["kl_controller"])
+
+    def export(self, folder: str | Path) -> Path:
+        """Write the policy and its tokenizer as a Hugging Face folder, atomically (staged, then renamed).
+
+        ``load_causal_lm(folder)`` and ``AutoModelForCausalLM.from_pretrained(folder)`` reload it.
+        """
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        try:
+            self.policy.save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
+            _replace_folder(staging, folder)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        log.info("exported the policy to %s", folder)
+        return folder
