@@ -52,12 +52,7 @@ def collate_reward_batch(examples: Sequence[RewardExample], pad_token_id: int) -
         raise ValueError(f"examples disagree on the number of heads: {sorted(num_heads)}")
     if any(len(seq) == 0 for seq in sequences):
         raise ValueError("cannot collate an empty sequence")
-    longest = max(len(seq) for seq in sequences)
-    input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, : len(seq)] = 1
+    input_ids, attention_mask = right_pad(sequences, pad_token_id)
     return RewardBatch(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -65,3 +60,14 @@ def collate_reward_batch(examples: Sequence[RewardExample], pad_token_id: int) -
         pairs=torch.tensor(pairs, dtype=torch.long).reshape(-1, 2),
         pair_dims=torch.tensor(pair_dims, dtype=torch.long),
     )
+
+
+def right_pad(sequences: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> ``input_ids [N, T]`` right-padded to the longest, ``attention_mask [N, T]``."""
+    longest = max(len(seq) for seq in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, : len(seq)] = 1
+    return input_ids, attention_mask

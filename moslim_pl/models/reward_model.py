@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from moslim_pl.data.collate import right_pad
 from moslim_pl.data.encoding import PairEncoding
 from moslim_pl.errors import MoslimError
 from moslim_pl.models.backbone import is_encoder, load_backbone, load_tokenizer
@@ -248,13 +249,7 @@ class MultiHeadRewardModel(nn.Module):
         try:
             chunks = []
             for start in range(0, len(encoded), batch_size):
-                batch = encoded[start : start + batch_size]
-                width = max(len(ids) for ids in batch)
-                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, ids in enumerate(batch):
-                    input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-                    attention_mask[row, : len(ids)] = 1
+                input_ids, attention_mask = right_pad(encoded[start : start + batch_size], pad_id)
                 probs = self.probabilities(input_ids.to(device), attention_mask.to(device))
                 chunks.append(probs.float().cpu())
         finally:
