@@ -11,9 +11,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -28,6 +25,7 @@ from moslim_pl.data.collate import right_pad
 from moslim_pl.data.encoding import PairEncoding
 from moslim_pl.errors import MoslimError
 from moslim_pl.models.backbone import is_encoder, load_backbone, load_tokenizer
+from moslim_pl.models.io import atomic_folder
 from moslim_pl.prefix import parse_prefix
 from moslim_pl.schema import Dimension, check_dimensions, default_targets
 
@@ -273,10 +271,7 @@ class MultiHeadRewardModel(nn.Module):
         the tokenizer's files, ``moslim_rm.json`` (schema, pooling, encoding) and ``heads.safetensors``
         (heads and running statistics). An existing folder is replaced only once the new one is complete.
         """
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-        try:
+        with atomic_folder(folder) as staging:
             self.backbone.save_pretrained(staging)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(staging)
@@ -288,10 +283,6 @@ class MultiHeadRewardModel(nn.Module):
                 "encoding": self.encoding.to_dict(),
             }
             (staging / RM_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-            _replace_folder(staging, folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         log.info("exported reward model to %s", folder)
 
     @classmethod
@@ -322,22 +313,6 @@ class MultiHeadRewardModel(nn.Module):
             )
         model.load_state_dict(state, strict=False)
         return model
-
-
-def _replace_folder(staging: Path, folder: Path) -> None:
-    """Move the complete ``staging`` folder to ``folder``, removing a previous export only afterwards."""
-    if not folder.exists():
-        os.replace(staging, folder)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-    backup.rmdir()  # only the unique name is wanted; os.replace needs the target absent
-    os.replace(folder, backup)
-    try:
-        os.replace(staging, folder)
-    except BaseException:
-        os.replace(backup, folder)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 def _read_config(folder: Path) -> dict:

@@ -7,15 +7,14 @@ Each training batch is a list of prompts (``<name level>`` prefix or none). One 
 
 The reference model is a frozen copy of the initial policy; the RM is loaded from its export, frozen and
 never trained. Dropout stays off in all three models (as TRL does): the log-probs that train the policy
-must be those of the distribution that sampled.
+must be those of the distribution that sampled; Lightning's warning that modules are in eval mode at the
+start of training is therefore expected.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,8 @@ from moslim_pl.losses.rloo import (
     shape_rewards,
 )
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
-from moslim_pl.models.reward_model import MultiHeadRewardModel, _replace_folder
+from moslim_pl.models.io import save_pretrained_atomic
+from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.rewards.mapping import MAPPINGS
 from moslim_pl.rollout import (
     RewardOutput,
@@ -167,13 +167,11 @@ class RLOOModule(LightningModule):
     # ------------------------------------------------------------------ rollouts
     @staticmethod
     def _prompts(batch: Sequence[str]) -> list[str]:
-        prompts = list(batch)
-        if not prompts or not all(isinstance(p, str) for p in prompts):
+        if not isinstance(batch, (list, tuple)) or not batch or not all(isinstance(p, str) for p in batch):
             raise MoslimError(
-                f"RLOOModule expects batches of prompt strings, got {type(batch).__name__} of "
-                f"{sorted({type(p).__name__ for p in prompts})}"
+                f"RLOOModule expects non-empty lists of prompt strings as batches, got {type(batch).__name__}"
             )
-        return prompts
+        return list(batch)
 
     def _rollout(self, prompts: list[str], num_samples: int, temperature: float) -> Rollout:
         hp = self.hparams
@@ -194,7 +192,7 @@ class RLOOModule(LightningModule):
         hp = self.hparams
         # The ORIGINAL prompts, prefix included: the RM strips the prefix and reads the targets from it.
         texts = [prompts[i] for i in rollout.prompt_index.tolist()]
-        return score_responses(
+        scores = score_responses(
             self.rm,
             texts,
             rollout.responses,
@@ -202,6 +200,7 @@ class RLOOModule(LightningModule):
             weights=hp.mapping_weights,
             batch_size=hp.rm_batch_size,
         )
+        return RewardOutput(*(t.to(self.device) for t in scores))  # score_responses answers on the CPU
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Sequence[str], batch_idx: int) -> Tensor:
@@ -209,7 +208,7 @@ class RLOOModule(LightningModule):
         prompts = self._prompts(batch)
         rollout = self._rollout(prompts, hp.num_samples, hp.temperature)
         scores = self._score(prompts, rollout)
-        reward = scores.reward.to(self.device)
+        reward = scores.reward
         if hp.missing_eos_penalty is not None:
             reward = reward - hp.missing_eos_penalty * (~rollout.finished).to(reward.dtype)
         inputs = rollout_inputs(rollout)
@@ -234,7 +233,9 @@ class RLOOModule(LightningModule):
             optimizer.zero_grad()
             self.manual_backward(loss)
             if hp.max_grad_norm is not None:
-                self.clip_gradients(optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+                self.clip_gradients(
+                    optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm"
+                )
             optimizer.step()
             scheduler.step()
             losses.append(loss.detach())
@@ -295,12 +296,12 @@ class RLOOModule(LightningModule):
         requested = scores.requested >= 0
         totals = torch.cat(
             [
-                torch.stack([scores.reward.sum(), torch.tensor(float(len(prompts)))]),
+                torch.stack([scores.reward.sum(), scores.reward.new_tensor(float(len(prompts)))]),
                 scores.hit.sum(0).float(),
                 requested.sum(0).float(),
             ]
         )
-        self._val_totals += totals.to(self._val_totals.device)
+        self._val_totals += totals
 
     def on_validation_epoch_end(self) -> None:
         totals = self.trainer.strategy.reduce(self._val_totals, reduce_op="sum")
@@ -342,15 +343,6 @@ class RLOOModule(LightningModule):
 
         ``load_causal_lm(folder)`` and ``AutoModelForCausalLM.from_pretrained(folder)`` reload it.
         """
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-        try:
-            self.policy.save_pretrained(staging)
-            self.tokenizer.save_pretrained(staging)
-            _replace_folder(staging, folder)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        save_pretrained_atomic(folder, self.policy, self.tokenizer)
         log.info("exported the policy to %s", folder)
         return folder

@@ -1,0 +1,385 @@
+"""The policy's datamodule: prompts in, prompts with a sampled ``<name level>`` prefix out (``list[str]``).
+
+Every training prompt gets a prefix from :class:`PrefixSampler`: with probability ``no_prefix_prob`` none
+(the reward model's default targets then apply), else a random non-empty subset of the dimensions, each
+at a uniformly drawn level. A draw depends only on ``(seed, epoch, position)``, so a run is reproducible
+and a checkpoint resumes the same sequence (the sampler's state travels in the datamodule's
+``state_dict``). Validation prompts get fixed prefixes, the same in every epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, is_dataclass
+from typing import Any, NamedTuple, TypeVar
+
+import datasets
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from moslim_pl.data.preference import split_by_prompt
+from moslim_pl.data.sources import DataError, DataSource, SyntheticConfig, load_source
+from moslim_pl.errors import MoslimError
+from moslim_pl.prefix import PrefixError, format_prefix, parse_prefix
+from moslim_pl.schema import Dimension, check_dimensions
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def read_texts(dataset: datasets.Dataset, column: str, description: str = "source") -> list[str]:
+    """The non-empty strings of ``column``; a missing column or a bad cell is a one-line ``DataError``."""
+    if column not in dataset.column_names:
+        columns = ", ".join(sorted(dataset.column_names))
+        raise DataError(f"{description}: missing column {column!r}; columns are {columns}")
+    texts = dataset[column]
+    for i, value in enumerate(texts):
+        if value is None:
+            problem = "missing"
+        elif not isinstance(value, str):
+            problem = f"not text ({type(value).__name__})"
+        elif not value.strip():
+            problem = "empty text"
+        else:
+            continue
+        raise DataError(f"{description} row {i}, column {column!r}: {problem}")
+    return list(texts)
+
+
+def as_dataclass(cls: type[T], value: T | dict[str, Any] | None) -> T | None:
+    """``value`` itself, or ``cls(**value)`` for the plain dict that a checkpoint's hyperparameters hold."""
+    return cls(**value) if isinstance(value, dict) else value
+
+
+class _Prompt(NamedTuple):
+    prompt: str  # what split_by_prompt reads
+
+
+class PrefixSampler(Sampler):
+    """Shuffles the training prompts each epoch and draws a prefix for every (epoch, position).
+
+    Yields ``(prompt_index, targets)`` with ``targets`` a ``{name: level}`` dict in schema order (empty:
+    no prefix). Lightning calls :meth:`set_epoch` before each epoch (also through its distributed
+    wrapper); a plain loop that does not advances one epoch per completed pass.
+
+    Args:
+        num_prompts: the training prompts' count.
+        dimensions: the schema the prefixes name.
+        seed: seeds the order and the prefixes.
+        no_prefix_prob: probability of no prefix.
+        min_dimensions, max_dimensions: range of the number of named dimensions (``None``: all).
+        size_weights: relative weights of the sizes ``min_dimensions..max_dimensions`` (default: uniform).
+        shuffle: shuffle the prompts each epoch (else dataset order).
+    """
+
+    def __init__(
+        self,
+        num_prompts: int,
+        dimensions: Sequence[Dimension],
+        seed: int = 0,
+        no_prefix_prob: float = 0.1,
+        min_dimensions: int = 1,
+        max_dimensions: int | None = None,
+        size_weights: Sequence[float] | None = None,
+        shuffle: bool = True,
+    ) -> None:
+        self.dimensions = check_dimensions(dimensions)
+        max_dimensions = len(self.dimensions) if max_dimensions is None else max_dimensions
+        if not 1 <= min_dimensions <= max_dimensions <= len(self.dimensions):
+            raise MoslimError(
+                f"need 1 <= min_dimensions <= max_dimensions <= {len(self.dimensions)} (the number of "
+                f"dimensions), got {min_dimensions} and {max_dimensions}"
+            )
+        if not 0.0 <= no_prefix_prob <= 1.0:
+            raise MoslimError(f"no_prefix_prob must be in [0, 1], got {no_prefix_prob}")
+        self.sizes = list(range(min_dimensions, max_dimensions + 1))
+        if size_weights is not None and (
+            len(size_weights) != len(self.sizes) or min(size_weights) < 0 or sum(size_weights) <= 0
+        ):
+            raise MoslimError(
+                f"size_weights needs {len(self.sizes)} non-negative weights (sizes {self.sizes}) with a "
+                f"positive sum, got {list(size_weights)}"
+            )
+        self.size_weights = list(size_weights) if size_weights is not None else None
+        self.num_prompts = num_prompts
+        self.seed = seed
+        self.no_prefix_prob = no_prefix_prob
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.position = 0  # prompts yielded in the current epoch
+        self._exhausted = False  # a pass ended and no set_epoch came since
+        self._resume_at: tuple[int, int] | None = None  # (epoch, position) of a restored state
+
+    # ------------------------------------------------------------------ draws
+    def targets(self, key: str) -> dict[str, int]:
+        """The prefix drawn for ``key``: a pure function of ``(seed, key)``."""
+        rng = random.Random(f"moslim-prefix:{self.seed}:{key}")
+        if rng.random() < self.no_prefix_prob:
+            return {}
+        size = rng.choices(self.sizes, weights=self.size_weights)[0]
+        chosen = sorted(rng.sample(range(len(self.dimensions)), size))
+        return {d.name: rng.randint(d.min_level, d.max_level) for d in (self.dimensions[k] for k in chosen)}
+
+    def order(self, epoch: int) -> list[int]:
+        """The prompt indices of ``epoch`` in visiting order."""
+        indices = list(range(self.num_prompts))
+        if self.shuffle:
+            random.Random(f"moslim-prompt-order:{self.seed}:{epoch}").shuffle(indices)
+        return indices
+
+    # ------------------------------------------------------------------ iteration
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._exhausted = False
+
+    def __len__(self) -> int:
+        return self.num_prompts
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, int]]]:
+        if self._exhausted:
+            self.epoch += 1
+        start = 0
+        if self._resume_at is not None and self._resume_at[0] == self.epoch:
+            start = self._resume_at[1]
+        self._resume_at, self._exhausted = None, False
+        epoch = self.epoch
+        order = self.order(epoch)
+        for position in range(start, len(order)):
+            self.position = position + 1
+            yield order[position], self.targets(f"{epoch}:{position}")
+        self._exhausted = True
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at ``state``: the next pass continues its epoch after ``position`` prompts."""
+        if int(state["seed"]) != self.seed:
+            log.warning(
+                "the checkpoint's prefix seed %s replaces the configured seed %s", state["seed"], self.seed
+            )
+            self.seed = int(state["seed"])
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if position >= self.num_prompts:  # the epoch had ended
+            epoch, position = epoch + 1, 0
+        self.epoch, self.position = epoch, position
+        self._resume_at, self._exhausted = (epoch, position), False
+
+
+class _PrefixedPrompts(Dataset):
+    """Indexed by the sampler's ``(prompt_index, targets)``; returns the prompt with its prefix."""
+
+    def __init__(self, prompts: Sequence[str]) -> None:
+        self.prompts = list(prompts)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, item: tuple[int, dict[str, int]]) -> str:
+        index, targets = item
+        return format_prefix(targets, self.prompts[index])
+
+
+def _collate(prompts: list[str]) -> list[str]:
+    return list(prompts)
+
+
+class PromptDataModule(LightningDataModule):
+    """Prompts for the policy, each batch a ``list[str]`` of prompts with their prefix already written.
+
+    Args:
+        source: the prompts (a ``prompt_column`` of any ``DataSource``); defaults to the synthetic world's
+            prompts (``synthetic.num_prompts`` of them, seeded by ``synthetic.seed``). Repeated prompts
+            (one per response in preference data) are kept once.
+        val_source: validation prompts; without it validation is a prompt-disjoint split of ``source``.
+        dimensions: the schema the prefixes name; defaults to the synthetic world's for a synthetic
+            source. It must match the reward model's.
+        synthetic: size and seed of the synthetic world.
+        prompt_column: the prompt column of a non-synthetic source.
+        val_fraction: share of the prompts held out for validation when ``val_source`` is not given.
+        no_prefix_prob: probability that a prompt gets no prefix (then the RM's default targets apply).
+        min_dimensions, max_dimensions: how many dimensions a prefix names (``None``: up to all).
+        size_weights: relative weights of the sizes ``min_dimensions..max_dimensions`` (default: uniform).
+        batch_size: training prompts per batch.
+        eval_batch_size: validation prompts per batch; defaults to ``batch_size``.
+        num_workers: DataLoader workers.
+        seed: seeds the split, the training order and every prefix.
+        trust_remote_code: allow code from the hub for the dataset.
+    """
+
+    def __init__(
+        self,
+        source: DataSource | None = None,
+        val_source: DataSource | None = None,
+        dimensions: list[Dimension] | None = None,
+        synthetic: SyntheticConfig | None = None,
+        prompt_column: str = "prompt",
+        val_fraction: float = 0.2,
+        no_prefix_prob: float = 0.1,
+        min_dimensions: int = 1,
+        max_dimensions: int | None = None,
+        size_weights: list[float] | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["dimensions"])
+        if val_source is None and not 0.0 < val_fraction < 1.0:
+            raise MoslimError(
+                f"val_fraction must be in (0, 1) when no val_source is given, got {val_fraction}"
+            )
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and value < 1:
+                raise MoslimError(f"{name} must be at least 1, got {value}")
+        if num_workers < 0:
+            raise MoslimError(f"num_workers must be non-negative, got {num_workers}")
+        # plain dicts in the hyperparameters, so that checkpoints load with torch.load(weights_only=True)
+        for key in ("source", "val_source", "synthetic"):
+            if is_dataclass(self.hparams[key]):
+                self.hparams[key] = asdict(self.hparams[key])
+        self.source = as_dataclass(DataSource, source) or DataSource()
+        self.val_source = as_dataclass(DataSource, val_source)
+        self.synthetic = as_dataclass(SyntheticConfig, synthetic) or SyntheticConfig()
+        self.dimensions = self._resolve_dimensions(dimensions)
+        self.prompt_column = prompt_column
+        self.val_fraction = val_fraction
+        self._prefix_args = {
+            "no_prefix_prob": no_prefix_prob,
+            "min_dimensions": min_dimensions,
+            "max_dimensions": max_dimensions,
+            "size_weights": size_weights,
+        }
+        # Checked now, so that a bad prefix distribution fails before any data is read.
+        PrefixSampler(0, self.dimensions, seed, **self._prefix_args)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.trust_remote_code = trust_remote_code
+        self.train_prompts: list[str] | None = None
+        self.val_prompts: list[str] | None = None
+        self.sampler: PrefixSampler | None = None
+        self._pending_state: dict[str, Any] | None = None
+
+    def _resolve_dimensions(self, dimensions: Sequence[Dimension] | None) -> tuple[Dimension, ...]:
+        if dimensions is not None:
+            return check_dimensions(dimensions)
+        if self.source.is_synthetic:
+            from moslim_pl.data.synthetic import DIMENSIONS
+
+            return tuple(DIMENSIONS)
+        raise MoslimError(
+            f"source {self.source.describe()!r} needs `dimensions` (the reward model's schema); only the "
+            "synthetic source has defaults"
+        )
+
+    # ------------------------------------------------------------------ reading
+    def prepare_data(self) -> None:
+        for source in (self.source, self.val_source):
+            if source is not None and not source.is_synthetic:
+                load_source(source, trust_remote_code=self.trust_remote_code)
+
+    def _read(self, source: DataSource) -> list[str]:
+        description = source.describe()
+        if source.is_synthetic:
+            from moslim_pl.data.synthetic import generate_prompts
+
+            if source.max_rows is not None and source.max_rows < 1:
+                raise DataError(f"{description}: max_rows must be at least 1, got {source.max_rows}")
+            num = self.synthetic.num_prompts
+            prompts = generate_prompts(min(num, source.max_rows or num), self.synthetic.seed)
+            if not prompts:
+                raise DataError(f"{description}: the source has no rows")
+        else:
+            dataset = load_source(source, self.synthetic, self.trust_remote_code)
+            prompts = read_texts(dataset, self.prompt_column, description)
+        for i, prompt in enumerate(prompts):
+            try:
+                targets, _ = parse_prefix(prompt, self.dimensions)
+            except PrefixError as err:
+                raise DataError(f"{description} row {i}, column {self.prompt_column!r}: {err}") from None
+            if targets:
+                raise DataError(
+                    f"{description} row {i}, column {self.prompt_column!r}: the prompt already starts with "
+                    "a prefix; give prompts without one (the datamodule samples them)"
+                )
+        unique = list(dict.fromkeys(prompts))
+        if len(unique) < len(prompts):
+            log.info("%s: %d repeated prompt(s) kept once", description, len(prompts) - len(unique))
+        return unique
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_prompts is not None:
+            return
+        prompts = self._read(self.source)
+        if self.val_source is None:
+            train, val = split_by_prompt(
+                [_Prompt(p) for p in prompts], self.val_fraction, self.seed, self.source.describe()
+            )
+            self.train_prompts, self.val_prompts = [r.prompt for r in train], [r.prompt for r in val]
+        else:
+            self.train_prompts, self.val_prompts = prompts, self._read(self.val_source)
+            shared = set(self.train_prompts) & set(self.val_prompts)
+            if shared:
+                log.warning("%d prompt(s) appear in both the train and the val source", len(shared))
+        self.sampler = PrefixSampler(len(self.train_prompts), self.dimensions, self.seed, **self._prefix_args)
+        if self._pending_state is not None:
+            self.sampler.load_state_dict(self._pending_state)
+            self._pending_state = None
+        # Fixed per validation prompt: every epoch evaluates the same requests.
+        self.val_prompts = [
+            format_prefix(self.sampler.targets(f"val:{i}"), prompt)
+            for i, prompt in enumerate(self.val_prompts)
+        ]
+        log.info("prompts: %d train, %d val", len(self.train_prompts), len(self.val_prompts))
+
+    # ------------------------------------------------------------------ loaders
+    def train_dataloader(self) -> DataLoader:
+        if self.train_prompts is None or self.sampler is None:
+            raise RuntimeError("the prompts are read in setup(); call setup('fit') first")
+        return DataLoader(
+            _PrefixedPrompts(self.train_prompts),
+            batch_size=self.batch_size,
+            sampler=self.sampler,
+            collate_fn=_collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_prompts is None:
+            raise RuntimeError("the prompts are read in setup(); call setup('fit') first")
+        return DataLoader(self.val_prompts, batch_size=self.eval_batch_size, collate_fn=_collate)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """The prefix sampler's ``{seed, epoch, position}``, saved in every checkpoint."""
+        if self.sampler is None:
+            return dict(self._pending_state or {})
+        state = self.sampler.state_dict()
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
+            # The loader runs ahead of training (prefetch, workers): count the batches trained instead.
+            # Each rank takes every world_size-th prompt of the sampler's order (Lightning's wrapper).
+            batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            state["position"] = batches * self.batch_size * trainer.world_size
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if self.sampler is None:
+            self._pending_state = dict(state_dict)
+        else:
+            self.sampler.load_state_dict(state_dict)

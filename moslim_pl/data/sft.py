@@ -1,0 +1,298 @@
+"""The SFT datamodule: (prompt, response) rows in, right-padded causal-LM batches (``SFTBatch``) out.
+
+A row becomes the prompt's ids exactly as the policy will later read it (``rollout.encode_prompts``,
+without its left padding), then the response's ids and an end of sequence, so that RL starts from a
+model that knows where its answer begins and ends. The loss covers the response tokens only: the
+labels are ``IGNORE_LABEL`` on the prompt and on padding.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, is_dataclass, replace
+from typing import NamedTuple
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from moslim_pl.data.preference import split_by_prompt
+from moslim_pl.data.prompts import as_dataclass, read_texts
+from moslim_pl.data.sources import DataSource, SyntheticConfig, load_source
+from moslim_pl.data.types import IGNORE_LABEL
+from moslim_pl.errors import MoslimError
+
+log = logging.getLogger(__name__)
+
+
+class SFTRow(NamedTuple):
+    prompt: str
+    response: str
+
+
+class SFTExample(NamedTuple):
+    """One encoded row: ``input_ids`` and ``labels`` of the same length (``IGNORE_LABEL`` on the prompt)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+class SFTBatch(NamedTuple):
+    """Right-padded causal-LM batch. Shapes: N rows, T tokens (the longest row)."""
+
+    input_ids: Tensor
+    """[N, T] long, right-padded with the tokenizer's pad id."""
+    attention_mask: Tensor
+    """[N, T] long, 1 for real tokens."""
+    labels: Tensor
+    """[N, T] long: the token id on response tokens, ``IGNORE_LABEL`` on prompt tokens and padding."""
+
+
+@dataclass(frozen=True)
+class SFTEncoding:
+    """How the SFT stage reads a (prompt, response) pair; the LightningModule owns it.
+
+    Args:
+        max_length: token budget of prompt plus response; a longer response loses its end (and its EOS).
+        max_prompt_length: prompt budget, cut as ``rollout.encode_prompts`` cuts (prefix and end kept).
+        chat_template: the prompt is the user turn of the tokenizer's chat template plus its generation
+            prompt, the response the assistant turn up to the template's end-of-turn token.
+    """
+
+    max_length: int = 256
+    max_prompt_length: int = 128
+    chat_template: bool = False
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_prompt_length < self.max_length:
+            raise MoslimError(
+                f"need 1 <= max_prompt_length < max_length, got {self.max_prompt_length} and {self.max_length}"
+            )
+
+    def encode(
+        self, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], responses: Sequence[str]
+    ) -> list[SFTExample]:
+        """Encode the pairs; each distinct prompt is tokenized once."""
+        # lazy: rollout imports the reward model, which imports this package
+        from moslim_pl.rollout import encode_prompts
+
+        distinct = list(dict.fromkeys(prompts))
+        prompt_ids: dict[str, list[int]] = {}
+        for start in range(0, len(distinct), 1024):  # chunks bound the padded tensor's size
+            chunk = distinct[start : start + 1024]
+            batch = encode_prompts(tokenizer, chunk, self.max_prompt_length, self.chat_template)
+            for prompt, row, mask in zip(chunk, batch.input_ids, batch.attention_mask, strict=True):
+                prompt_ids[prompt] = row[mask.bool()].tolist()
+        examples = []
+        for prompt, response in zip(prompts, responses, strict=True):
+            ids = prompt_ids[prompt]
+            target = self.response_ids(tokenizer, prompt, response)[: self.max_length - len(ids)]
+            examples.append(SFTExample(ids + target, [IGNORE_LABEL] * len(ids) + target))
+        return examples
+
+    def response_ids(self, tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> list[int]:
+        """The ids the model learns to generate after the prompt, ending with the tokenizer's EOS."""
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise MoslimError("SFT needs a tokenizer with an eos token: the policy must learn to stop")
+        text = response
+        if self.chat_template:
+            user = [{"role": "user", "content": prompt}]
+            head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(
+                [*user, {"role": "assistant", "content": response}], tokenize=False
+            )
+            if full.startswith(head):
+                # The template's closing (end-of-turn token) is part of what the model must generate;
+                # the whitespace after it is not.
+                text = full[len(head) :].rstrip()
+            else:
+                _warn_template_once()
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids if ids and ids[-1] == eos else [*ids, eos]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@functools.cache
+def _warn_template_once() -> None:
+    log.warning(
+        "the chat template renders the prompt differently with and without the assistant turn: the "
+        "response is trained as its plain text plus EOS, without the template's end-of-turn tokens"
+    )
+
+
+def collate_sft_batch(examples: Sequence[SFTExample], pad_token_id: int) -> SFTBatch:
+    """Right-pad the examples to the longest one: ids with ``pad_token_id``, labels with ``IGNORE_LABEL``."""
+    if not examples:
+        raise ValueError("cannot collate an empty batch")
+    longest = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), longest), dtype=torch.long)
+    labels = torch.full((len(examples), longest), IGNORE_LABEL, dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids, dtype=torch.long)
+        attention_mask[row, :n] = 1
+        labels[row, :n] = torch.tensor(example.labels, dtype=torch.long)
+    return SFTBatch(input_ids, attention_mask, labels)
+
+
+class SFTDataModule(LightningDataModule):
+    """(prompt, response) rows for supervised fine-tuning of the policy (loss on the response only).
+
+    Args:
+        tokenizer: tokenizer name or path (``load_tokenizer``); ``None`` takes the LightningModule's
+            (``tokenizer_name``), so the policy's own tokenizer is used.
+        source: the training rows; defaults to the synthetic world (responses of every level, no prefix).
+        val_source: validation rows; without it validation is a prompt-disjoint split of ``source``.
+        synthetic: size and seed of the synthetic world.
+        prompt_column / response_column: the text columns.
+        val_fraction: share of the prompts held out for validation when ``val_source`` is not given.
+        max_length, max_prompt_length, chat_template: override the LightningModule's ``encoding``
+            (``SFTEncoding``; its defaults without a LightningModule). ``None``: the module's.
+        batch_size: training rows per batch.
+        eval_batch_size: validation rows per batch; defaults to ``batch_size``.
+        num_workers: DataLoader workers.
+        seed: seeds the validation split and the training shuffle.
+        trust_remote_code: allow code from the hub for the tokenizer and the dataset.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str | None = None,
+        source: DataSource | None = None,
+        val_source: DataSource | None = None,
+        synthetic: SyntheticConfig | None = None,
+        prompt_column: str = "prompt",
+        response_column: str = "response",
+        val_fraction: float = 0.2,
+        max_length: int | None = None,
+        max_prompt_length: int | None = None,
+        chat_template: bool | None = None,
+        batch_size: int = 16,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        # the module logs the encoding settings it owns; the same keys here would clash when unset
+        self.save_hyperparameters(ignore=["max_length", "max_prompt_length", "chat_template"])
+        if val_source is None and not 0.0 < val_fraction < 1.0:
+            raise MoslimError(
+                f"val_fraction must be in (0, 1) when no val_source is given, got {val_fraction}"
+            )
+        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if value is not None and value < 1:
+                raise MoslimError(f"{name} must be at least 1, got {value}")
+        if num_workers < 0:
+            raise MoslimError(f"num_workers must be non-negative, got {num_workers}")
+        self.tokenizer_name = tokenizer
+        # plain dicts in the hyperparameters, so that checkpoints load with torch.load(weights_only=True)
+        for key in ("source", "val_source", "synthetic"):
+            if is_dataclass(self.hparams[key]):
+                self.hparams[key] = asdict(self.hparams[key])
+        self.source = as_dataclass(DataSource, source) or DataSource()
+        self.val_source = as_dataclass(DataSource, val_source)
+        self.synthetic = as_dataclass(SyntheticConfig, synthetic) or SyntheticConfig()
+        self.prompt_column = prompt_column
+        self.response_column = response_column
+        self.val_fraction = val_fraction
+        self._encoding_overrides = {
+            "max_length": max_length,
+            "max_prompt_length": max_prompt_length,
+            "chat_template": chat_template,
+        }
+        self.encoding: SFTEncoding | None = None
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.trust_remote_code = trust_remote_code
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.train_dataset: list[SFTExample] | None = None
+        self.val_dataset: list[SFTExample] | None = None
+
+    def prepare_data(self) -> None:
+        for source in (self.source, self.val_source):
+            if source is not None and not source.is_synthetic:
+                load_source(source, trust_remote_code=self.trust_remote_code)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_dataset is not None:
+            return
+        self._take_model_settings()
+        self.tokenizer = self._load_tokenizer()
+        train_rows = self._read(self.source)
+        if self.val_source is None:
+            train_rows, val_rows = split_by_prompt(
+                train_rows, self.val_fraction, self.seed, self.source.describe()
+            )
+        else:
+            val_rows = self._read(self.val_source)
+            shared = {r.prompt for r in train_rows} & {r.prompt for r in val_rows}
+            if shared:
+                log.warning("%d prompt(s) appear in both the train and the val source", len(shared))
+        self.train_dataset = self._encode(train_rows)
+        self.val_dataset = self._encode(val_rows)
+        for split, rows in (("train", train_rows), ("val", val_rows)):
+            log.info("%s: %d rows, %d prompts", split, len(rows), len({r.prompt for r in rows}))
+
+    def _take_model_settings(self) -> None:
+        """Fill unset settings from the LightningModule: the policy decides how it reads text."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if self.tokenizer_name is None:
+            self.tokenizer_name = getattr(module, "tokenizer_name", "moslim/tiny-llama")
+        base = getattr(module, "encoding", None)
+        base = base if isinstance(base, SFTEncoding) else SFTEncoding()
+        overrides = {k: v for k, v in self._encoding_overrides.items() if v is not None}
+        self.encoding = replace(base, **overrides)
+
+    def _load_tokenizer(self) -> PreTrainedTokenizerBase:
+        from moslim_pl.models.backbone import load_tokenizer
+
+        tokenizer = load_tokenizer(self.tokenizer_name, trust_remote_code=self.trust_remote_code)
+        if self.encoding.chat_template and not getattr(tokenizer, "chat_template", None):
+            raise MoslimError(
+                f"chat_template=True but tokenizer {self.tokenizer_name!r} has no chat template"
+            )
+        return tokenizer
+
+    def _read(self, source: DataSource) -> list[SFTRow]:
+        dataset = load_source(source, self.synthetic, self.trust_remote_code)
+        description = source.describe()
+        prompts = read_texts(dataset, self.prompt_column, description)
+        responses = read_texts(dataset, self.response_column, description)
+        return [SFTRow(p, r) for p, r in zip(prompts, responses, strict=True)]
+
+    def _encode(self, rows: Sequence[SFTRow]) -> list[SFTExample]:
+        return self.encoding.encode(self.tokenizer, [r.prompt for r in rows], [r.response for r in rows])
+
+    def _loader(self, dataset: list[SFTExample] | None, batch_size: int, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("the datasets are built in setup(); call setup('fit') first")
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            # a fresh seeded generator per loader makes the epoch order reproducible without global seeding
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            collate_fn=functools.partial(collate_sft_batch, pad_token_id=self.tokenizer.pad_token_id),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, self.eval_batch_size, shuffle=False)

@@ -1,0 +1,165 @@
+"""LightningModule for supervised fine-tuning of the policy: next-token cross-entropy on the response.
+
+The quickstart uses it to teach a tiny model the synthetic world's language without any prefix, the
+starting point of RL (DESIGN §1: prefixes are learned by RL alone). The export is a plain Hugging Face
+causal-LM folder that ``load_causal_lm`` and ``AutoModelForCausalLM.from_pretrained`` reload.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor
+from torchmetrics import SumMetric
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from moslim_pl.data.sft import SFTBatch, SFTEncoding
+from moslim_pl.data.types import IGNORE_LABEL
+from moslim_pl.errors import MoslimError
+from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
+from moslim_pl.models.io import save_pretrained_atomic
+
+log = logging.getLogger(__name__)
+
+
+def response_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed next-token negative log-likelihood of the labelled tokens, and their count.
+
+    ``logits [N, T, V]`` at position ``t`` predict ``labels [N, T]`` at ``t + 1``; ``IGNORE_LABEL``
+    (prompt, padding) is skipped. Returns two scalars: the float32 sum and the long count.
+    """
+    targets = labels[:, 1:]
+    nll = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(),
+        targets.flatten(),
+        ignore_index=IGNORE_LABEL,
+        reduction="sum",
+    )
+    return nll, (targets != IGNORE_LABEL).sum()
+
+
+class SFTModule(LightningModule):
+    """Fine-tunes a causal LM on (prompt, response) pairs; logs ``train/loss``, ``val/loss``, ``val/ppl``.
+
+    The losses are means over response tokens (every token weighs the same, whatever its row's length).
+
+    Args:
+        model: a Hugging Face id or folder of a decoder, or ``moslim/tiny-llama`` built from a config.
+        tiny_config: overrides of the tiny model's config (``hidden_size``, ``num_hidden_layers``, ...).
+        max_length: token budget of prompt plus response (the datamodule encodes with it).
+        max_prompt_length: prompt budget, cut as the RL stages cut prompts (``rollout.encode_prompts``).
+        chat_template: prompt and response as a user and an assistant turn of the tokenizer's template.
+        learning_rate, weight_decay, warmup_steps: AdamW with linear warm-up then constant.
+        trust_remote_code: passed to ``from_pretrained``.
+    """
+
+    def __init__(
+        self,
+        model: str = "moslim/tiny-llama",
+        tiny_config: dict[str, Any] | None = None,
+        max_length: int = 256,
+        max_prompt_length: int = 128,
+        chat_template: bool = False,
+        learning_rate: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer_name = model
+        self.encoding = SFTEncoding(max_length, max_prompt_length, chat_template)
+        self.lm: PreTrainedModel | None = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.val_nll = SumMetric()
+        self.val_tokens = SumMetric()
+
+    def configure_model(self) -> None:
+        if self.lm is not None:
+            return
+        hp = self.hparams
+        self.tokenizer = load_tokenizer(hp.model, trust_remote_code=hp.trust_remote_code)
+        if hp.chat_template and not getattr(self.tokenizer, "chat_template", None):
+            raise MoslimError(f"chat_template=True but tokenizer {hp.model!r} has no chat template")
+        # validate/test run configure_model under inference mode; parameters made there could never train
+        with torch.inference_mode(False):
+            self.lm = load_causal_lm(
+                hp.model,
+                tokenizer=self.tokenizer,
+                tiny_config=hp.tiny_config,
+                trust_remote_code=hp.trust_remote_code,
+            )
+        # from_pretrained returns eval mode, and Lightning keeps each submodule's mode: dropout would stay off
+        self.lm.train()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Next-token logits ``[N, T, V]`` of right-padded ``input_ids [N, T]``."""
+        return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    def _nll(self, batch: SFTBatch) -> tuple[Tensor, Tensor]:
+        return response_nll(self(batch.input_ids, batch.attention_mask), batch.labels)
+
+    def training_step(self, batch: SFTBatch, batch_idx: int) -> Tensor:
+        nll, count = self._nll(batch)
+        loss = nll / count.clamp(min=1)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch.input_ids.shape[0])
+        return loss
+
+    def validation_step(self, batch: SFTBatch, batch_idx: int) -> None:
+        nll, count = self._nll(batch)
+        self.val_nll.update(nll)
+        self.val_tokens.update(count)
+
+    def test_step(self, batch: SFTBatch, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        # both sums are synced across ranks, so every rank logs the same token-weighted mean
+        tokens = self.val_tokens.compute()
+        if tokens > 0:
+            loss = self.val_nll.compute() / tokens
+            self.log(f"{stage}/loss", loss)
+            self.log(f"{stage}/ppl", torch.exp(loss))
+        # validate()/test() run under inference mode; states reset there could not be updated later in fit()
+        with torch.inference_mode(False):
+            self.val_nll.reset()
+            self.val_tokens.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                # no decay on biases and norms, as is usual for transformers
+                (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.learning_rate,
+        )
+        warmup = max(int(hp.warmup_steps), 0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1))
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def export(self, folder: str | Path) -> Path:
+        """Write model, generation config and tokenizer as a Hugging Face folder, atomically.
+
+        Staged in a sibling folder and renamed, so an existing export is replaced only by a complete one.
+        """
+        if self.lm is None:
+            raise RuntimeError("the model is built in configure_model(); call it first")
+        folder = save_pretrained_atomic(folder, self.lm, self.tokenizer)
+        log.info("exported the fine-tuned model to %s", folder)
+        return folder
