@@ -27,7 +27,9 @@ from moslim_pl.data.sources import (
     DataSource,
     PreferenceRow,
     SyntheticConfig,
+    as_dataclass,
     load_source,
+    plain_hparams,
     read_rows,
 )
 from moslim_pl.data.types import IGNORE_LABEL
@@ -122,9 +124,11 @@ class PreferenceDataModule(LightningDataModule):
         if num_workers < 0:
             raise MoslimError(f"num_workers must be non-negative, got {num_workers}")
         self.tokenizer_name = tokenizer
-        self.source = source or DataSource()
-        self.val_source = val_source
-        self.synthetic = synthetic or SyntheticConfig()
+        # plain dicts in the hyperparameters, so that checkpoints load with torch.load(weights_only=True)
+        plain_hparams(self.hparams, ("source", "val_source", "synthetic"))
+        self.source = as_dataclass(DataSource, source) or DataSource()
+        self.val_source = as_dataclass(DataSource, val_source)
+        self.synthetic = as_dataclass(SyntheticConfig, synthetic) or SyntheticConfig()
         self.dimensions: tuple[Dimension, ...] = self._resolve_dimensions(dimensions)
         self.columns = Columns(
             prompt_column, response_column, chosen_column, rejected_column, pair_dimension_column

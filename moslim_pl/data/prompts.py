@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, is_dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import datasets
 from lightning.pytorch import LightningDataModule
@@ -21,14 +20,19 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from moslim_pl.data.preference import split_by_prompt
-from moslim_pl.data.sources import DataError, DataSource, SyntheticConfig, load_source
+from moslim_pl.data.sources import (
+    DataError,
+    DataSource,
+    SyntheticConfig,
+    as_dataclass,
+    load_source,
+    plain_hparams,
+)
 from moslim_pl.errors import MoslimError
 from moslim_pl.prefix import PrefixError, format_prefix, parse_prefix
 from moslim_pl.schema import Dimension, check_dimensions
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 def read_texts(dataset: datasets.Dataset, column: str, description: str = "source") -> list[str]:
@@ -48,11 +52,6 @@ def read_texts(dataset: datasets.Dataset, column: str, description: str = "sourc
             continue
         raise DataError(f"{description} row {i}, column {column!r}: {problem}")
     return list(texts)
-
-
-def as_dataclass(cls: type[T], value: T | dict[str, Any] | None) -> T | None:
-    """``value`` itself, or ``cls(**value)`` for the plain dict that a checkpoint's hyperparameters hold."""
-    return cls(**value) if isinstance(value, dict) else value
 
 
 class _Prompt(NamedTuple):
@@ -242,9 +241,7 @@ class PromptDataModule(LightningDataModule):
         if num_workers < 0:
             raise MoslimError(f"num_workers must be non-negative, got {num_workers}")
         # plain dicts in the hyperparameters, so that checkpoints load with torch.load(weights_only=True)
-        for key in ("source", "val_source", "synthetic"):
-            if is_dataclass(self.hparams[key]):
-                self.hparams[key] = asdict(self.hparams[key])
+        plain_hparams(self.hparams, ("source", "val_source", "synthetic"))
         self.source = as_dataclass(DataSource, source) or DataSource()
         self.val_source = as_dataclass(DataSource, val_source)
         self.synthetic = as_dataclass(SyntheticConfig, synthetic) or SyntheticConfig()

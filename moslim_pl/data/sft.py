@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, is_dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from moslim_pl.data.preference import split_by_prompt
-from moslim_pl.data.prompts import as_dataclass, read_texts
-from moslim_pl.data.sources import DataSource, SyntheticConfig, load_source
+from moslim_pl.data.prompts import read_texts
+from moslim_pl.data.sources import DataSource, SyntheticConfig, as_dataclass, load_source, plain_hparams
 from moslim_pl.data.types import IGNORE_LABEL
 from moslim_pl.errors import MoslimError
 
@@ -195,9 +195,7 @@ class SFTDataModule(LightningDataModule):
             raise MoslimError(f"num_workers must be non-negative, got {num_workers}")
         self.tokenizer_name = tokenizer
         # plain dicts in the hyperparameters, so that checkpoints load with torch.load(weights_only=True)
-        for key in ("source", "val_source", "synthetic"):
-            if is_dataclass(self.hparams[key]):
-                self.hparams[key] = asdict(self.hparams[key])
+        plain_hparams(self.hparams, ("source", "val_source", "synthetic"))
         self.source = as_dataclass(DataSource, source) or DataSource()
         self.val_source = as_dataclass(DataSource, val_source)
         self.synthetic = as_dataclass(SyntheticConfig, synthetic) or SyntheticConfig()

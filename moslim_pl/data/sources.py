@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import MutableMapping, Sequence
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import Any, NamedTuple, TypeVar
 
 import datasets
 
@@ -28,6 +28,8 @@ from moslim_pl.errors import MoslimError
 from moslim_pl.schema import Dimension
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SYNTHETIC = "synthetic"
 _MISSING_STRINGS = frozenset({"", "n/a", "na", "nan", "none", "null"})
@@ -266,3 +268,15 @@ def _label(dim: Dimension, value: Any, where: str) -> int:
     if not dim.low <= raw <= dim.high:
         raise DataError(f"{where}: label {raw} outside {dim.low}..{dim.high}")
     return dim.label_to_class(raw)
+
+
+def as_dataclass(cls: type[T], value: T | dict[str, Any] | None) -> T | None:
+    """``value`` itself, or ``cls(**value)`` for the plain dict that a checkpoint's hyperparameters hold."""
+    return cls(**value) if isinstance(value, dict) else value
+
+
+def plain_hparams(hparams: MutableMapping[str, Any], keys: Sequence[str]) -> None:
+    """Store dataclass hyperparameters as plain dicts, so checkpoints load with ``weights_only=True``."""
+    for key in keys:
+        if is_dataclass(hparams.get(key)):
+            hparams[key] = asdict(hparams[key])
