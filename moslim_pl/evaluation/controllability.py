@@ -181,6 +181,14 @@ def sweep_exports(
     return sweep(rm.dimensions, prompts, answer, rm_levels, oracle)
 
 
+def held_out_prompts(datamodule: object) -> list[str]:
+    """The validation prompts of a ``PromptDataModule`` without their prefixes (never seen in training)."""
+    from moslim_pl.prefix import strip_prefix
+
+    datamodule.setup("validate")
+    return [strip_prefix(p, datamodule.dimensions) for p in datamodule.val_prompts]
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m moslim_pl.evaluation.controllability --policy DIR --reward_model DIR --out DIR``."""
     import argparse
@@ -191,15 +199,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reward_model", required=True, help="exported reward model folder")
     parser.add_argument("--out", required=True, help="folder for <name>.json and <name>.png")
     parser.add_argument("--name", default="controllability")
-    parser.add_argument("--num_prompts", type=int, default=16, help="held-out synthetic prompts")
-    parser.add_argument("--prompt_seed", type=int, default=12345)
+    parser.add_argument("--num_prompts", type=int, default=16, help="held-out synthetic prompts used")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt split (as in training)")
     parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--no_oracle", action="store_true", help="do not measure with the synthetic oracle")
     args = parser.parse_args(argv)
 
-    from moslim_pl.data import synthetic
+    from moslim_pl.data import PromptDataModule, synthetic
 
-    prompts = synthetic.generate_prompts(args.num_prompts, args.prompt_seed)
+    prompts = held_out_prompts(PromptDataModule(seed=args.seed))[: args.num_prompts]
     table = sweep_exports(
         args.policy,
         args.reward_model,

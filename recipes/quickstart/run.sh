@@ -1,16 +1,38 @@
 #!/usr/bin/env bash
-# Quickstart pipeline on the embedded synthetic world, CPU only, no download.
+# Quickstart pipeline on the embedded synthetic world, CPU only, no download:
+#   SFT (no prefixes) -> multi-head reward model -> RLOO with prefixes -> controllability sweeps.
 #   recipes/quickstart/run.sh OUTDIR
-# Today: trains the multi-head reward model and prints its per-head validation accuracy.
-# (The SFT -> RLOO -> controllability stages join this pipeline with the policy stage.)
+# Writes OUTDIR/controllability_sft.json (the SFT start) and OUTDIR/controllability.json (the RLOO
+# policy), each {"<dimension>": {"spearman_oracle", "spearman_rm", "levels"}}, plus PNG plots, and
+# prints both tables. Extra arguments go to the RLOO stage (e.g. --trainer.max_steps 100).
 set -euo pipefail
-out=${1:?usage: recipes/quickstart/run.sh OUTDIR}
+out=${1:?usage: recipes/quickstart/run.sh OUTDIR [RLOO options]}
+shift
 root=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$out"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # tiny models run fastest on one thread
 
-moslim-pl fit --config "$root/configs/reward_model/quickstart.yaml" \
-  --trainer.logger.init_args.save_dir "$out" --trainer.enable_progress_bar false
+latest() { ls -d "$out/$1"/version_* | sort -V | tail -n 1; }
+common=(--trainer.logger.init_args.save_dir "$out" --trainer.enable_progress_bar false)
 
-run=$(ls -d "$out"/reward_model_quickstart/version_* | sort -V | tail -n 1)
-python -m moslim_pl.evaluation.tensorboard "$run" --prefix val/acc/
-echo "reward model exported to $run/export"
+# The SFT and reward-model stages are independent: run them side by side.
+moslim-pl fit --config "$root/configs/sft/quickstart.yaml" "${common[@]}" > "$out/sft.log" 2>&1 &
+sft_pid=$!
+moslim-pl fit --config "$root/configs/reward_model/quickstart.yaml" "${common[@]}" > "$out/rm.log" 2>&1 \
+  || { tail -n 20 "$out/rm.log"; exit 1; }
+wait "$sft_pid" || { tail -n 20 "$out/sft.log"; exit 1; }
+sft=$(latest sft_quickstart)/export
+rm_export=$(latest reward_model_quickstart)/export
+python -m moslim_pl.evaluation.tensorboard "$(latest reward_model_quickstart)" --prefix val/acc/
+
+moslim-pl fit --config "$root/configs/policy/rloo_quickstart.yaml" "${common[@]}" \
+  --model.policy "$sft" --model.reward_model "$rm_export" "$@" > "$out/rloo.log" 2>&1 \
+  || { tail -n 20 "$out/rloo.log"; exit 1; }
+rloo=$(latest rloo_quickstart)/export
+
+echo "== controllability of the SFT start"
+python -m moslim_pl.evaluation.controllability --policy "$sft" --reward_model "$rm_export" \
+  --out "$out" --name controllability_sft
+echo "== controllability of the RLOO policy"
+python -m moslim_pl.evaluation.controllability --policy "$rloo" --reward_model "$rm_export" \
+  --out "$out" --name controllability
