@@ -21,6 +21,7 @@ from moslim_pl.evaluation.plots import confusion_matrix_image
 from moslim_pl.losses import multi_head_cross_entropy, pair_scores
 from moslim_pl.models.backbone import load_backbone, load_tokenizer
 from moslim_pl.models.reward_model import MultiHeadRewardModel
+from moslim_pl.modules.optim import adamw_with_warmup
 from moslim_pl.rewards.mapping import expected_level
 from moslim_pl.schema import Dimension, check_dimensions
 
@@ -205,23 +206,13 @@ class RewardModelModule(LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         head_lr = hp.head_learning_rate or hp.learning_rate
-        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            lr = head_lr if name.startswith("rm.heads.") else hp.learning_rate
-            # no decay on biases and norms, as is usual for transformers
-            decay = 0.0 if param.ndim < 2 or "norm" in name.lower() else hp.weight_decay
-            groups.setdefault((lr, decay), []).append(param)
-        optimizer = torch.optim.AdamW(
-            [{"params": p, "lr": lr, "weight_decay": wd} for (lr, wd), p in groups.items()],
-            lr=hp.learning_rate,
+        return adamw_with_warmup(
+            self.named_parameters(),
+            hp.learning_rate,
+            hp.weight_decay,
+            hp.warmup_steps,
+            lr_for=lambda name: head_lr if name.startswith("rm.heads.") else hp.learning_rate,
         )
-        warmup = max(int(hp.warmup_steps), 0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1))
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def export(self, folder: str | Path) -> Path:
         """Write the RM as a Hugging Face-format folder (see ``MultiHeadRewardModel.save_pretrained``)."""

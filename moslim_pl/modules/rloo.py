@@ -35,6 +35,7 @@ from moslim_pl.losses.rloo import (
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.models.io import save_pretrained_atomic
 from moslim_pl.models.reward_model import MultiHeadRewardModel
+from moslim_pl.modules.optim import adamw_with_warmup
 from moslim_pl.rewards.mapping import MAPPINGS
 from moslim_pl.rollout import (
     RewardOutput,
@@ -316,20 +317,9 @@ class RLOOModule(LightningModule):
     # ------------------------------------------------------------------ optimisation, checkpoints, export
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        decay, no_decay = [], []
-        for name, param in self.policy.named_parameters():
-            if param.requires_grad:
-                # no decay on biases and norms, as is usual for transformers
-                (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.learning_rate,
+        return adamw_with_warmup(
+            self.policy.named_parameters(), hp.learning_rate, hp.weight_decay, hp.warmup_steps
         )
-        warmup = max(int(hp.warmup_steps), 0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1))
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["kl_controller"] = self.kl_controller.state_dict()

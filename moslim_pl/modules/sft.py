@@ -23,6 +23,7 @@ from moslim_pl.data.types import IGNORE_LABEL
 from moslim_pl.errors import MoslimError
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.models.io import save_pretrained_atomic
+from moslim_pl.modules.optim import adamw_with_warmup
 
 log = logging.getLogger(__name__)
 
@@ -138,20 +139,7 @@ class SFTModule(LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        decay, no_decay = [], []
-        for name, param in self.named_parameters():
-            if param.requires_grad:
-                # no decay on biases and norms, as is usual for transformers
-                (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=hp.learning_rate,
-        )
-        warmup = max(int(hp.warmup_steps), 0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1))
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_with_warmup(self.named_parameters(), hp.learning_rate, hp.weight_decay, hp.warmup_steps)
 
     def export(self, folder: str | Path) -> Path:
         """Write model, generation config and tokenizer as a Hugging Face folder, atomically.
