@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -38,6 +39,8 @@ from moslim_pl.schema import Dimension, check_dimensions
 
 log = logging.getLogger(__name__)
 
+R = TypeVar("R")
+
 
 def split_by_prompt(
     rows: Sequence[PreferenceRow], val_fraction: float, seed: int, description: str = "source"
@@ -58,6 +61,35 @@ def split_by_prompt(
     train = [row for row in rows if row.prompt not in val_prompts]
     val = [row for row in rows if row.prompt in val_prompts]
     return train, val
+
+
+def train_val_rows(
+    read: Callable[[DataSource], list[R]],
+    source: DataSource,
+    val_source: DataSource | None,
+    val_fraction: float,
+    seed: int,
+) -> tuple[list[R], list[R]]:
+    """Rows of ``source`` split by prompt, or ``source`` and ``val_source`` when one is given.
+
+    ``read`` turns a source into rows with a ``prompt`` attribute; prompts on both sides of a given
+    ``val_source`` are allowed but logged, since they inflate validation scores.
+    """
+    train = read(source)
+    if val_source is None:
+        return split_by_prompt(train, val_fraction, seed, source.describe())
+    val = read(val_source)
+    shared = {row.prompt for row in train} & {row.prompt for row in val}
+    if shared:
+        log.warning("%d prompt(s) appear in both the train and the val source", len(shared))
+    return train, val
+
+
+def prefetch_sources(sources: Sequence[DataSource | None], trust_remote_code: bool) -> None:
+    """``prepare_data``: hub sources download here once per node, before ``setup`` runs on every rank."""
+    for source in sources:
+        if source is not None and not source.is_synthetic:
+            load_source(source, trust_remote_code=trust_remote_code)
 
 
 class PreferenceDataModule(LightningDataModule):
@@ -168,26 +200,16 @@ class PreferenceDataModule(LightningDataModule):
         return self.tokenizer.pad_token_id
 
     def prepare_data(self) -> None:
-        # Hub sources download here once per node, before setup() runs on every rank.
-        for source in (self.source, self.val_source):
-            if source is not None and not source.is_synthetic:
-                load_source(source, trust_remote_code=self.trust_remote_code)
+        prefetch_sources((self.source, self.val_source), self.trust_remote_code)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
         self._take_model_settings()
         self.tokenizer = self._load_tokenizer()
-        train_rows = self._read(self.source)
-        if self.val_source is None:
-            train_rows, val_rows = split_by_prompt(
-                train_rows, self.val_fraction, self.seed, self.source.describe()
-            )
-        else:
-            val_rows = self._read(self.val_source)
-            shared = {row.prompt for row in train_rows} & {row.prompt for row in val_rows}
-            if shared:
-                log.warning("%d prompt(s) appear in both the train and the val source", len(shared))
+        train_rows, val_rows = train_val_rows(
+            self._read, self.source, self.val_source, self.val_fraction, self.seed
+        )
         self._check_every_head_has_labels(train_rows)
         self.train_dataset = self._encode(train_rows)
         self.val_dataset = self._encode(val_rows)

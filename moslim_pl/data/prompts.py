@@ -19,7 +19,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from moslim_pl.data.preference import split_by_prompt
+from moslim_pl.data.preference import prefetch_sources, split_by_prompt
 from moslim_pl.data.sources import (
     DataError,
     DataSource,
@@ -280,9 +280,7 @@ class PromptDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ reading
     def prepare_data(self) -> None:
-        for source in (self.source, self.val_source):
-            if source is not None and not source.is_synthetic:
-                load_source(source, trust_remote_code=self.trust_remote_code)
+        prefetch_sources((self.source, self.val_source), self.trust_remote_code)
 
     def _read(self, source: DataSource) -> list[str]:
         description = source.describe()

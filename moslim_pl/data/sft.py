@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from moslim_pl.data.preference import split_by_prompt
+from moslim_pl.data.preference import prefetch_sources, train_val_rows
 from moslim_pl.data.prompts import read_texts
 from moslim_pl.data.sources import DataSource, SyntheticConfig, as_dataclass, load_source, plain_hparams
 from moslim_pl.data.types import IGNORE_LABEL
@@ -218,25 +218,16 @@ class SFTDataModule(LightningDataModule):
         self.val_dataset: list[SFTExample] | None = None
 
     def prepare_data(self) -> None:
-        for source in (self.source, self.val_source):
-            if source is not None and not source.is_synthetic:
-                load_source(source, trust_remote_code=self.trust_remote_code)
+        prefetch_sources((self.source, self.val_source), self.trust_remote_code)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
         self._take_model_settings()
         self.tokenizer = self._load_tokenizer()
-        train_rows = self._read(self.source)
-        if self.val_source is None:
-            train_rows, val_rows = split_by_prompt(
-                train_rows, self.val_fraction, self.seed, self.source.describe()
-            )
-        else:
-            val_rows = self._read(self.val_source)
-            shared = {r.prompt for r in train_rows} & {r.prompt for r in val_rows}
-            if shared:
-                log.warning("%d prompt(s) appear in both the train and the val source", len(shared))
+        train_rows, val_rows = train_val_rows(
+            self._read, self.source, self.val_source, self.val_fraction, self.seed
+        )
         self.train_dataset = self._encode(train_rows)
         self.val_dataset = self._encode(val_rows)
         for split, rows in (("train", train_rows), ("val", val_rows)):
