@@ -1,10 +1,8 @@
 """Pure-torch losses (no Lightning)."""
 
 from moslim_pl.losses.classification import multi_head_cross_entropy, pair_scores
-
-__all__ = ["multi_head_cross_entropy", "pair_scores"]
-
-from moslim_pl.losses.rloo import (  # noqa: E402
+from moslim_pl.losses.dpo import dpo_loss
+from moslim_pl.losses.rloo import (
     AdaptiveKLController,
     FixedKLController,
     rloo_advantages,
@@ -12,4 +10,13 @@ from moslim_pl.losses.rloo import (  # noqa: E402
     shape_rewards,
 )
 
-__all__ += ["AdaptiveKLController", "FixedKLController", "rloo_advantages", "rloo_loss", "shape_rewards"]
+__all__ = [
+    "AdaptiveKLController",
+    "FixedKLController",
+    "dpo_loss",
+    "multi_head_cross_entropy",
+    "pair_scores",
+    "rloo_advantages",
+    "rloo_loss",
+    "shape_rewards",
+]

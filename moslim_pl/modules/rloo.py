@@ -13,15 +13,11 @@ start of training is therefore expected.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from moslim_pl.errors import MoslimError
@@ -32,35 +28,20 @@ from moslim_pl.losses.rloo import (
     rloo_loss,
     shape_rewards,
 )
-from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
-from moslim_pl.models.io import save_pretrained_atomic
-from moslim_pl.models.reward_model import MultiHeadRewardModel
-from moslim_pl.modules.optim import adamw_with_warmup
-from moslim_pl.rewards.mapping import MAPPINGS
+from moslim_pl.modules.policy import PolicyModule
 from moslim_pl.rollout import (
-    RewardOutput,
-    Rollout,
-    encode_prompts,
     entropy_from_logits,
-    generate,
     kl_estimate,
     response_logits,
     rollout_inputs,
-    score_responses,
     sequence_logprobs,
     token_logprobs,
 )
 
 log = logging.getLogger(__name__)
 
-_SAMPLE_ROWS = 8  # rows of the text table logged to TensorBoard
 
-
-def _markdown_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-class RLOOModule(LightningModule):
+class RLOOModule(PolicyModule):
     """RLOO policy optimization; logs ``rollout/*``, ``reward/<head>``, ``train/*`` and ``val/*``.
 
     Args:
@@ -117,92 +98,23 @@ class RLOOModule(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.automatic_optimization = False
         self._check_arguments()
-        self.tokenizer_name = policy
-        self.tokenizer = load_tokenizer(policy, trust_remote_code=trust_remote_code)
-        # validate/test may build the module under inference mode; parameters made there could never train
-        with torch.inference_mode(False):
-            self.policy = load_causal_lm(
-                policy, tokenizer=self.tokenizer, tiny_config=tiny_config, trust_remote_code=trust_remote_code
-            )
-            self.reference = copy.deepcopy(self.policy).requires_grad_(False)
-            self.rm = MultiHeadRewardModel.from_pretrained(reward_model).requires_grad_(False)
-        self.train()  # puts the three models in eval mode (see train())
-        if mapping == "linear" and (mapping_weights is None or len(mapping_weights) != len(self.rm.names)):
-            raise MoslimError(
-                f"the linear mapping needs mapping_weights with one weight per head {self.rm.names}, "
-                f"got {mapping_weights}"
-            )
+        self._build_models()
         if kl_target is None:
             self.kl_controller: FixedKLController | AdaptiveKLController = FixedKLController(kl_coef)
         else:
             self.kl_controller = AdaptiveKLController(kl_coef, kl_target, kl_horizon)
-        self._val_totals: Tensor | None = None
 
     def _check_arguments(self) -> None:
         hp = self.hparams
-        if hp.reward_model is None:
-            raise MoslimError("RLOOModule needs reward_model: the folder of a reward model export")
         if hp.num_samples < 2:
             raise MoslimError(f"RLOO needs num_samples >= 2 (its baseline), got {hp.num_samples}")
-        if hp.temperature <= 0 or hp.val_temperature < 0:
-            raise MoslimError(
-                f"need temperature > 0 and val_temperature >= 0, got {hp.temperature}, {hp.val_temperature}"
-            )
-        if hp.mapping not in MAPPINGS:
-            raise MoslimError(f"unknown reward mapping {hp.mapping!r}; expected one of {', '.join(MAPPINGS)}")
         if hp.updates_per_rollout < 1:
             raise MoslimError(f"updates_per_rollout must be >= 1, got {hp.updates_per_rollout}")
         if hp.clip_ratio is not None and hp.clip_ratio <= 0:
             raise MoslimError(f"clip_ratio must be > 0 or None, got {hp.clip_ratio}")
 
-    def train(self, mode: bool = True) -> RLOOModule:
-        super().train(mode)
-        # Dropout would make the training log-probs differ from those of the sampling distribution (and
-        # perturb the reference and the reward); none of the three models ever needs it.
-        for model in (self.policy, self.reference, self.rm):
-            model.eval()
-        return self
-
     # ------------------------------------------------------------------ rollouts
-    @staticmethod
-    def _prompts(batch: Sequence[str]) -> list[str]:
-        if not isinstance(batch, (list, tuple)) or not batch or not all(isinstance(p, str) for p in batch):
-            raise MoslimError(
-                f"RLOOModule expects non-empty lists of prompt strings as batches, got {type(batch).__name__}"
-            )
-        return list(batch)
-
-    def _rollout(self, prompts: list[str], num_samples: int, temperature: float) -> Rollout:
-        hp = self.hparams
-        batch = encode_prompts(
-            self.tokenizer, prompts, hp.max_prompt_length, hp.chat_template, dimensions=self.rm.dimensions
-        )
-        return generate(
-            self.policy,
-            self.tokenizer,
-            batch,
-            max_new_tokens=hp.max_new_tokens,
-            temperature=temperature,
-            top_p=hp.top_p,
-            num_samples=num_samples,
-        )
-
-    def _score(self, prompts: list[str], rollout: Rollout) -> RewardOutput:
-        hp = self.hparams
-        # The ORIGINAL prompts, prefix included: the RM strips the prefix and reads the targets from it.
-        texts = [prompts[i] for i in rollout.prompt_index.tolist()]
-        scores = score_responses(
-            self.rm,
-            texts,
-            rollout.responses,
-            mapping=hp.mapping,
-            weights=hp.mapping_weights,
-            batch_size=hp.rm_batch_size,
-        )
-        return RewardOutput(*(t.to(self.device) for t in scores))  # score_responses answers on the CPU
-
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Sequence[str], batch_idx: int) -> Tensor:
         hp = self.hparams
@@ -253,86 +165,16 @@ class RLOOModule(LightningModule):
             self._log_samples(prompts, rollout, scores.reward)
         return torch.stack(losses).mean()
 
-    def _log_rollout(self, scores: RewardOutput, rollout: Rollout, kl: Tensor, entropy: Tensor) -> None:
-        size = len(rollout.responses)
-        self.log("rollout/reward", scores.reward.mean(), prog_bar=True, batch_size=size)
-        self.log("rollout/kl", kl.mean(), prog_bar=True, batch_size=size)
-        self.log("rollout/entropy", entropy, batch_size=size)
-        self.log("rollout/response_length", rollout.response_mask.sum(-1).float().mean(), batch_size=size)
-        self.log("rollout/finished", rollout.finished.float().mean(), batch_size=size)
-        requested = scores.requested >= 0
-        for k, name in enumerate(self.rm.names):
-            if scores.mask[:, k].any():
-                self.log(f"reward/{name}", scores.components[scores.mask[:, k], k].mean(), batch_size=size)
-            if requested[:, k].any():
-                hits = scores.hit[requested[:, k], k].float().mean()
-                self.log(f"rollout/hit_rate/{name}", hits, batch_size=size)
-
     def _update_kl_controller(self, kl: Tensor, size: int) -> None:
         # Every rank must hold the same beta: the controller sees the KL averaged over all ranks.
         mean_kl = self.trainer.strategy.reduce(kl.mean().detach(), reduce_op="mean")
         self.kl_controller.update(float(mean_kl), n_steps=size * self.trainer.world_size)
 
-    def _log_samples(self, prompts: list[str], rollout: Rollout, reward: Tensor) -> None:
-        if self.global_rank != 0:
-            return
-        rows = ["| prompt | response | reward |", "|---|---|---|"]
-        for i in range(min(len(rollout.responses), _SAMPLE_ROWS)):
-            prompt = prompts[int(rollout.prompt_index[i])]
-            response = rollout.responses[i]
-            rows.append(f"| {_markdown_cell(prompt)} | {_markdown_cell(response)} | {float(reward[i]):.3f} |")
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("rollout/samples", "\n".join(rows), self.global_step)
-
     # ------------------------------------------------------------------ validation
-    def on_validation_epoch_start(self) -> None:
-        # reward sum, row count, then hits and requested rows per head
-        self._val_totals = torch.zeros(2 + 2 * len(self.rm.names), device=self.device)
-
-    def validation_step(self, batch: Sequence[str], batch_idx: int) -> None:
-        prompts = self._prompts(batch)
-        rollout = self._rollout(prompts, 1, self.hparams.val_temperature)
-        scores = self._score(prompts, rollout)
-        requested = scores.requested >= 0
-        totals = torch.cat(
-            [
-                torch.stack([scores.reward.sum(), scores.reward.new_tensor(float(len(prompts)))]),
-                scores.hit.sum(0).float(),
-                requested.sum(0).float(),
-            ]
-        )
-        self._val_totals += totals
-
-    def on_validation_epoch_end(self) -> None:
-        totals = self.trainer.strategy.reduce(self._val_totals, reduce_op="sum")
-        num_heads = len(self.rm.names)
-        if totals[1] > 0:
-            self.log("val/reward", totals[0] / totals[1])
-        hits, requested = totals[2 : 2 + num_heads], totals[2 + num_heads :]
-        for k, name in enumerate(self.rm.names):
-            if requested[k] > 0:
-                self.log(f"val/hit_rate/{name}", hits[k] / requested[k])
-
     # ------------------------------------------------------------------ optimisation, checkpoints, export
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        return adamw_with_warmup(
-            self.policy.named_parameters(), hp.learning_rate, hp.weight_decay, hp.warmup_steps
-        )
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["kl_controller"] = self.kl_controller.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "kl_controller" in checkpoint:
             self.kl_controller.load_state_dict(checkpoint["kl_controller"])
-
-    def export(self, folder: str | Path) -> Path:
-        """Write the policy and its tokenizer as a Hugging Face folder, atomically (staged, then renamed).
-
-        ``load_causal_lm(folder)`` and ``AutoModelForCausalLM.from_pretrained(folder)`` reload it.
-        """
-        save_pretrained_atomic(folder, self.policy, self.tokenizer)
-        log.info("exported the policy to %s", folder)
-        return folder

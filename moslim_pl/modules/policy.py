@@ -1,0 +1,193 @@
+"""What every RL stage shares: the policy, its frozen reference, the frozen RM, rollouts, logging, export.
+
+One shallow base class (RLOO, Online-DPO and PPO each add only their own loss and training step);
+the rollout math itself lives in ``moslim_pl.rollout`` as plain functions. Subclasses keep their full
+constructor signature (the CLI reads it), call ``save_hyperparameters()`` and then ``_build_models()``.
+Required hyperparameters: policy, reward_model, tiny_config, max_new_tokens, temperature, top_p,
+max_prompt_length, chat_template, mapping, mapping_weights, max_grad_norm, learning_rate, weight_decay,
+warmup_steps, val_temperature, log_samples_every_n_steps, rm_batch_size, trust_remote_code.
+
+Dropout stays off in all three models (as TRL does): the log-probs that train the policy must be those of
+the distribution that sampled; Lightning's warning that modules are in eval mode is therefore expected.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+
+from moslim_pl.errors import MoslimError
+from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
+from moslim_pl.models.io import save_pretrained_atomic
+from moslim_pl.models.reward_model import MultiHeadRewardModel
+from moslim_pl.modules.optim import adamw_with_warmup
+from moslim_pl.rewards.mapping import MAPPINGS
+from moslim_pl.rollout import RewardOutput, Rollout, encode_prompts, generate, score_responses
+
+log = logging.getLogger(__name__)
+
+_SAMPLE_ROWS = 8  # rows of the text table logged to TensorBoard
+
+
+def _markdown_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+class PolicyModule(LightningModule):
+    """Base of the RL LightningModules; see the module docstring for the contract."""
+
+    def _build_models(self) -> None:
+        hp = self.hparams
+        self.automatic_optimization = False
+        if hp.reward_model is None:
+            raise MoslimError(
+                f"{type(self).__name__} needs reward_model: the folder of a reward model export"
+            )
+        if hp.temperature <= 0 or hp.val_temperature < 0:
+            raise MoslimError(
+                f"need temperature > 0 and val_temperature >= 0, got {hp.temperature}, {hp.val_temperature}"
+            )
+        if hp.mapping not in MAPPINGS:
+            raise MoslimError(f"unknown reward mapping {hp.mapping!r}; expected one of {', '.join(MAPPINGS)}")
+        self.tokenizer_name = hp.policy
+        self.tokenizer = load_tokenizer(hp.policy, trust_remote_code=hp.trust_remote_code)
+        # validate/test may build the module under inference mode; parameters made there could never train
+        with torch.inference_mode(False):
+            self.policy = load_causal_lm(
+                hp.policy,
+                tokenizer=self.tokenizer,
+                tiny_config=hp.tiny_config,
+                trust_remote_code=hp.trust_remote_code,
+            )
+            self.reference = copy.deepcopy(self.policy).requires_grad_(False)
+            self.rm = MultiHeadRewardModel.from_pretrained(hp.reward_model).requires_grad_(False)
+        self.train()  # puts the three models in eval mode (see train())
+        weights = hp.mapping_weights
+        if hp.mapping == "linear" and (weights is None or len(weights) != len(self.rm.names)):
+            raise MoslimError(
+                f"the linear mapping needs mapping_weights with one weight per head {self.rm.names}, got {weights}"
+            )
+        self._val_totals: Tensor | None = None
+
+    def train(self, mode: bool = True) -> PolicyModule:
+        super().train(mode)
+        # Dropout would make the training log-probs differ from those of the sampling distribution (and
+        # perturb the reference and the reward); none of the three models ever needs it.
+        for model in (self.policy, self.reference, self.rm):
+            model.eval()
+        return self
+
+    def _prompts(self, batch: Sequence[str]) -> list[str]:
+        if not isinstance(batch, (list, tuple)) or not batch or not all(isinstance(p, str) for p in batch):
+            raise MoslimError(
+                f"{type(self).__name__} expects non-empty lists of prompt strings as batches, "
+                f"got {type(batch).__name__}"
+            )
+        return list(batch)
+
+    def _rollout(self, prompts: list[str], num_samples: int, temperature: float) -> Rollout:
+        hp = self.hparams
+        batch = encode_prompts(
+            self.tokenizer, prompts, hp.max_prompt_length, hp.chat_template, dimensions=self.rm.dimensions
+        )
+        return generate(
+            self.policy,
+            self.tokenizer,
+            batch,
+            max_new_tokens=hp.max_new_tokens,
+            temperature=temperature,
+            top_p=hp.top_p,
+            num_samples=num_samples,
+        )
+
+    def _score(self, prompts: list[str], rollout: Rollout) -> RewardOutput:
+        hp = self.hparams
+        # The ORIGINAL prompts, prefix included: the RM strips the prefix and reads the targets from it.
+        texts = [prompts[i] for i in rollout.prompt_index.tolist()]
+        scores = score_responses(
+            self.rm,
+            texts,
+            rollout.responses,
+            mapping=hp.mapping,
+            weights=hp.mapping_weights,
+            batch_size=hp.rm_batch_size,
+        )
+        return RewardOutput(*(t.to(self.device) for t in scores))  # score_responses answers on the CPU
+
+    def _log_rollout(self, scores: RewardOutput, rollout: Rollout, kl: Tensor, entropy: Tensor) -> None:
+        size = len(rollout.responses)
+        self.log("rollout/reward", scores.reward.mean(), prog_bar=True, batch_size=size)
+        self.log("rollout/kl", kl.mean(), prog_bar=True, batch_size=size)
+        self.log("rollout/entropy", entropy, batch_size=size)
+        self.log("rollout/response_length", rollout.response_mask.sum(-1).float().mean(), batch_size=size)
+        self.log("rollout/finished", rollout.finished.float().mean(), batch_size=size)
+        requested = scores.requested >= 0
+        for k, name in enumerate(self.rm.names):
+            if scores.mask[:, k].any():
+                self.log(f"reward/{name}", scores.components[scores.mask[:, k], k].mean(), batch_size=size)
+            if requested[:, k].any():
+                hits = scores.hit[requested[:, k], k].float().mean()
+                self.log(f"rollout/hit_rate/{name}", hits, batch_size=size)
+
+    def _log_samples(self, prompts: list[str], rollout: Rollout, reward: Tensor) -> None:
+        if self.global_rank != 0:
+            return
+        rows = ["| prompt | response | reward |", "|---|---|---|"]
+        for i in range(min(len(rollout.responses), _SAMPLE_ROWS)):
+            prompt = prompts[int(rollout.prompt_index[i])]
+            response = rollout.responses[i]
+            rows.append(f"| {_markdown_cell(prompt)} | {_markdown_cell(response)} | {float(reward[i]):.3f} |")
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("rollout/samples", "\n".join(rows), self.global_step)
+
+    def on_validation_epoch_start(self) -> None:
+        # reward sum, row count, then hits and requested rows per head
+        self._val_totals = torch.zeros(2 + 2 * len(self.rm.names), device=self.device)
+
+    def validation_step(self, batch: Sequence[str], batch_idx: int) -> None:
+        prompts = self._prompts(batch)
+        rollout = self._rollout(prompts, 1, self.hparams.val_temperature)
+        scores = self._score(prompts, rollout)
+        requested = scores.requested >= 0
+        totals = torch.cat(
+            [
+                torch.stack([scores.reward.sum(), scores.reward.new_tensor(float(len(prompts)))]),
+                scores.hit.sum(0).float(),
+                requested.sum(0).float(),
+            ]
+        )
+        self._val_totals += totals
+
+    def on_validation_epoch_end(self) -> None:
+        totals = self.trainer.strategy.reduce(self._val_totals, reduce_op="sum")
+        num_heads = len(self.rm.names)
+        if totals[1] > 0:
+            self.log("val/reward", totals[0] / totals[1])
+        hits, requested = totals[2 : 2 + num_heads], totals[2 + num_heads :]
+        for k, name in enumerate(self.rm.names):
+            if requested[k] > 0:
+                self.log(f"val/hit_rate/{name}", hits[k] / requested[k])
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        return adamw_with_warmup(
+            self.policy.named_parameters(), hp.learning_rate, hp.weight_decay, hp.warmup_steps
+        )
+
+    def export(self, folder: str | Path) -> Path:
+        """Write the policy and its tokenizer as a Hugging Face folder, atomically (staged, then renamed).
+
+        ``load_causal_lm(folder)`` and ``AutoModelForCausalLM.from_pretrained(folder)`` reload it.
+        """
+        save_pretrained_atomic(folder, self.policy, self.tokenizer)
+        log.info("exported the policy to %s", folder)
+        return folder
