@@ -7,87 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
-from moslim_pl.data.synthetic import CASUAL_MARKERS, DIMENSIONS, FORMAL_MARKERS, generate_prompts
+from moslim_pl.data.synthetic import generate_prompts
 from moslim_pl.errors import MoslimError
-from moslim_pl.models.backbone import load_backbone, load_causal_lm, load_tokenizer
-from moslim_pl.models.reward_model import MultiHeadRewardModel
+from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.modules import OnlineDPOModule
 
-HIDDEN = 16
-WEIGHT = 20.0
 
-
-@pytest.fixture(scope="module")
-def formality_rm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An RM export whose formality head counts markers, weights set by hand (as in test_rloo.py).
-
-    The backbone's output is the final RMSNorm of the token embeddings; mean pooling gives the share of
-    formal and casual marker tokens of the pair, and the formality head's logit of level 2 (formal) is
-    ``WEIGHT`` times the formal share, that of level 0 (casual) ``WEIGHT`` times the casual share.
-    """
-    tokenizer = load_tokenizer("moslim/tiny-llama")
-    config = {
-        "hidden_size": HIDDEN,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "intermediate_size": 32,
-    }
-    backbone = load_backbone("moslim/tiny-llama", tokenizer=tokenizer, tiny_config=config)
-    rm = MultiHeadRewardModel(backbone, DIMENSIONS, pooling="mean", tokenizer=tokenizer)
-    with torch.no_grad():
-        for layer in backbone.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-        embeddings = backbone.get_input_embeddings().weight
-        embeddings.zero_()
-        embeddings[:, 2] = 1.0
-        for axis, markers in ((0, FORMAL_MARKERS), (1, CASUAL_MARKERS)):
-            for ids in tokenizer.convert_tokens_to_ids(list(markers)):
-                embeddings[ids] = 0.0
-                embeddings[ids, axis] = 1.0
-        for head in rm.heads.values():
-            head.weight.zero_()
-            head.bias.zero_()
-        rm.heads["formality"].weight[2, 0] = WEIGHT / HIDDEN**0.5
-        rm.heads["formality"].weight[0, 1] = WEIGHT / HIDDEN**0.5
-    folder = tmp_path_factory.mktemp("rm") / "export"
-    rm.save_pretrained(folder)
-    return folder
-
-
-def _prompts(level: int, count: int, seed: int) -> list[str]:
-    return [f"<formality {level}> {p}" for p in generate_prompts(count, seed=seed)]
-
-
-def _tensorboard(log_dir: Path) -> tuple[dict[str, list[float]], list[str]]:
-    scalars: dict[str, list[float]] = {}
-    texts: list[str] = []
-    for file in sorted(log_dir.rglob("events.out.tfevents.*")):
-        accumulator = EventAccumulator(str(file), size_guidance={"scalars": 0, "tensors": 0})
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            scalars.setdefault(tag, []).extend(e.value for e in accumulator.Scalars(tag))
-        texts.extend(accumulator.Tags()["tensors"])
-    return scalars, texts
-
-
-def _trainer(max_steps: int, **kwargs) -> Trainer:
-    return Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
-
-
-def test_online_dpo_learns_to_follow_the_prefix(formality_rm: Path, tmp_path: Path) -> None:
+def test_online_dpo_learns_to_follow_the_prefix(
+    formality_prompts, read_logs, rl_trainer, formality_rm: Path, tmp_path: Path
+) -> None:
     # <formality 0> asks for casual markers; the RM's default target (no prefix) is formal, so the
     # reward only rises if the RM gets the original prompts, prefix included.
     seed_everything(0)
@@ -100,20 +32,20 @@ def test_online_dpo_learns_to_follow_the_prefix(formality_rm: Path, tmp_path: Pa
         log_samples_every_n_steps=10,
     )
     steps = 60
-    trainer = _trainer(
+    trainer = rl_trainer(
         steps,
         logger=TensorBoardLogger(tmp_path, name="online_dpo"),
         log_every_n_steps=1,
         limit_val_batches=2,
         num_sanity_val_steps=0,
     )
-    train = DataLoader(_prompts(0, 64, seed=0), batch_size=8, shuffle=True)
-    val = DataLoader(_prompts(0, 8, seed=1), batch_size=4)
+    train = DataLoader(formality_prompts(0, 64, seed=0), batch_size=8, shuffle=True)
+    val = DataLoader(formality_prompts(0, 8, seed=1), batch_size=4)
     start = time.perf_counter()
     trainer.fit(module, train, val)
     elapsed = time.perf_counter() - start
 
-    scalars, texts = _tensorboard(tmp_path)
+    scalars, texts = read_logs(tmp_path)
     reward = scalars["rollout/reward"]
     assert len(reward) == steps
     first, last = sum(reward[:5]) / 5, sum(reward[-5:]) / 5
@@ -150,7 +82,9 @@ def test_online_dpo_learns_to_follow_the_prefix(formality_rm: Path, tmp_path: Pa
     assert load_tokenizer(str(folder)).get_vocab() == module.tokenizer.get_vocab()
 
 
-def test_all_ties_leave_the_policy_unchanged_and_checkpoint(formality_rm: Path, tmp_path: Path) -> None:
+def test_all_ties_leave_the_policy_unchanged_and_checkpoint(
+    read_logs, rl_trainer, formality_rm: Path, tmp_path: Path
+) -> None:
     # <verbosity 1> asks nothing of the formality head, and the hand-built verbosity head is uniform:
     # every response gets the same reward, so every pair ties and no gradient reaches the policy.
     seed_everything(2)
@@ -158,11 +92,11 @@ def test_all_ties_leave_the_policy_unchanged_and_checkpoint(formality_rm: Path, 
         reward_model=str(formality_rm), max_new_tokens=4, learning_rate=1e-2, log_samples_every_n_steps=None
     )
     before = [p.detach().clone() for p in module.policy.parameters()]
-    trainer = _trainer(2, logger=TensorBoardLogger(tmp_path, name="online_dpo"), log_every_n_steps=1)
+    trainer = rl_trainer(2, logger=TensorBoardLogger(tmp_path, name="online_dpo"), log_every_n_steps=1)
     prompts = [f"<verbosity 1> {p}" for p in generate_prompts(4, seed=0)]
     trainer.fit(module, DataLoader(prompts, batch_size=2))
     assert trainer.global_step == 2
-    scalars, _ = _tensorboard(tmp_path)
+    scalars, _ = read_logs(tmp_path)
     assert scalars["train/tie_fraction"] == [pytest.approx(1.0)] * 2
     assert "train/loss" not in scalars
     for old, new in zip(before, module.policy.parameters(), strict=True):
