@@ -13,7 +13,7 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -92,6 +92,28 @@ def prefetch_sources(sources: Sequence[DataSource | None], trust_remote_code: bo
             load_source(source, trust_remote_code=trust_remote_code)
 
 
+def check_loader_args(
+    val_source: DataSource | None, val_fraction: float, num_workers: int, **at_least_one: int | None
+) -> None:
+    """The datamodules' shared argument checks; ``at_least_one`` names sizes that must be >= 1 when set."""
+    if val_source is None and not 0.0 < val_fraction < 1.0:
+        raise MoslimError(f"val_fraction must be in (0, 1) when no val_source is given, got {val_fraction}")
+    for name, value in at_least_one.items():
+        if value is not None and value < 1:
+            raise MoslimError(f"{name} must be at least 1, got {value}")
+    if num_workers < 0:
+        raise MoslimError(f"num_workers must be non-negative, got {num_workers}")
+
+
+def take_sources(module: LightningDataModule, source: Any, val_source: Any, synthetic: Any) -> None:
+    """Set ``source``, ``val_source`` and ``synthetic`` on a datamodule, keeping plain dicts in its hparams
+    (so checkpoints load with ``torch.load(weights_only=True)``)."""
+    plain_hparams(module.hparams, ("source", "val_source", "synthetic"))
+    module.source = as_dataclass(DataSource, source) or DataSource()
+    module.val_source = as_dataclass(DataSource, val_source)
+    module.synthetic = as_dataclass(SyntheticConfig, synthetic) or SyntheticConfig()
+
+
 class PreferenceDataModule(LightningDataModule):
     """Pointwise and pairwise preference data for the multi-head reward model.
 
@@ -144,23 +166,16 @@ class PreferenceDataModule(LightningDataModule):
         super().__init__()
         # the module logs the tokenization settings it owns; the same keys here would clash when unset
         self.save_hyperparameters(ignore=["max_length", "chat_template", "max_prompt_length", "dimensions"])
-        if val_source is None and not 0.0 < val_fraction < 1.0:
-            raise MoslimError(
-                f"val_fraction must be in (0, 1) when no val_source is given, got {val_fraction}"
-            )
-        for name, value in (("max_length", max_length), ("batch_size", batch_size)):
-            if value is not None and value < 1:
-                raise MoslimError(f"{name} must be at least 1, got {value}")
-        if eval_batch_size is not None and eval_batch_size < 1:
-            raise MoslimError(f"eval_batch_size must be at least 1, got {eval_batch_size}")
-        if num_workers < 0:
-            raise MoslimError(f"num_workers must be non-negative, got {num_workers}")
+        check_loader_args(
+            val_source,
+            val_fraction,
+            num_workers,
+            max_length=max_length,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+        )
         self.tokenizer_name = tokenizer
-        # plain dicts in the hyperparameters, so that checkpoints load with torch.load(weights_only=True)
-        plain_hparams(self.hparams, ("source", "val_source", "synthetic"))
-        self.source = as_dataclass(DataSource, source) or DataSource()
-        self.val_source = as_dataclass(DataSource, val_source)
-        self.synthetic = as_dataclass(SyntheticConfig, synthetic) or SyntheticConfig()
+        take_sources(self, source, val_source, synthetic)
         self.dimensions: tuple[Dimension, ...] = self._resolve_dimensions(dimensions)
         self.columns = Columns(
             prompt_column, response_column, chosen_column, rejected_column, pair_dimension_column

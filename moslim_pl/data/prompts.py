@@ -19,14 +19,12 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from moslim_pl.data.preference import prefetch_sources, split_by_prompt
+from moslim_pl.data.preference import check_loader_args, prefetch_sources, split_by_prompt, take_sources
 from moslim_pl.data.sources import (
     DataError,
     DataSource,
     SyntheticConfig,
-    as_dataclass,
     load_source,
-    plain_hparams,
 )
 from moslim_pl.errors import MoslimError
 from moslim_pl.prefix import PrefixError, format_prefix, parse_prefix
@@ -231,20 +229,10 @@ class PromptDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["dimensions"])
-        if val_source is None and not 0.0 < val_fraction < 1.0:
-            raise MoslimError(
-                f"val_fraction must be in (0, 1) when no val_source is given, got {val_fraction}"
-            )
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if value is not None and value < 1:
-                raise MoslimError(f"{name} must be at least 1, got {value}")
-        if num_workers < 0:
-            raise MoslimError(f"num_workers must be non-negative, got {num_workers}")
-        # plain dicts in the hyperparameters, so that checkpoints load with torch.load(weights_only=True)
-        plain_hparams(self.hparams, ("source", "val_source", "synthetic"))
-        self.source = as_dataclass(DataSource, source) or DataSource()
-        self.val_source = as_dataclass(DataSource, val_source)
-        self.synthetic = as_dataclass(SyntheticConfig, synthetic) or SyntheticConfig()
+        check_loader_args(
+            val_source, val_fraction, num_workers, batch_size=batch_size, eval_batch_size=eval_batch_size
+        )
+        take_sources(self, source, val_source, synthetic)
         self.dimensions = self._resolve_dimensions(dimensions)
         self.prompt_column = prompt_column
         self.val_fraction = val_fraction

@@ -20,9 +20,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from moslim_pl.data.preference import prefetch_sources, train_val_rows
+from moslim_pl.data.preference import check_loader_args, prefetch_sources, take_sources, train_val_rows
 from moslim_pl.data.prompts import read_texts
-from moslim_pl.data.sources import DataSource, SyntheticConfig, as_dataclass, load_source, plain_hparams
+from moslim_pl.data.sources import DataSource, SyntheticConfig, load_source
 from moslim_pl.data.types import IGNORE_LABEL
 from moslim_pl.errors import MoslimError
 
@@ -184,21 +184,11 @@ class SFTDataModule(LightningDataModule):
         super().__init__()
         # the module logs the encoding settings it owns; the same keys here would clash when unset
         self.save_hyperparameters(ignore=["max_length", "max_prompt_length", "chat_template"])
-        if val_source is None and not 0.0 < val_fraction < 1.0:
-            raise MoslimError(
-                f"val_fraction must be in (0, 1) when no val_source is given, got {val_fraction}"
-            )
-        for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if value is not None and value < 1:
-                raise MoslimError(f"{name} must be at least 1, got {value}")
-        if num_workers < 0:
-            raise MoslimError(f"num_workers must be non-negative, got {num_workers}")
+        check_loader_args(
+            val_source, val_fraction, num_workers, batch_size=batch_size, eval_batch_size=eval_batch_size
+        )
         self.tokenizer_name = tokenizer
-        # plain dicts in the hyperparameters, so that checkpoints load with torch.load(weights_only=True)
-        plain_hparams(self.hparams, ("source", "val_source", "synthetic"))
-        self.source = as_dataclass(DataSource, source) or DataSource()
-        self.val_source = as_dataclass(DataSource, val_source)
-        self.synthetic = as_dataclass(SyntheticConfig, synthetic) or SyntheticConfig()
+        take_sources(self, source, val_source, synthetic)
         self.prompt_column = prompt_column
         self.response_column = response_column
         self.val_fraction = val_fraction
