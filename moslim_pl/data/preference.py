@@ -32,10 +32,11 @@ from moslim_pl.data.sources import (
     load_source,
     plain_hparams,
     read_rows,
+    resolve_dimensions,
 )
 from moslim_pl.data.types import IGNORE_LABEL
 from moslim_pl.errors import MoslimError
-from moslim_pl.schema import Dimension, check_dimensions
+from moslim_pl.schema import Dimension
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class PreferenceDataModule(LightningDataModule):
         )
         self.tokenizer_name = tokenizer
         take_sources(self, source, val_source, synthetic)
-        self.dimensions: tuple[Dimension, ...] = self._resolve_dimensions(dimensions)
+        self.dimensions: tuple[Dimension, ...] = resolve_dimensions(dimensions, self.source)
         self.columns = Columns(
             prompt_column, response_column, chosen_column, rejected_column, pair_dimension_column
         )
@@ -195,18 +196,6 @@ class PreferenceDataModule(LightningDataModule):
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_dataset: list[RewardExample] | None = None
         self.val_dataset: list[RewardExample] | None = None
-
-    def _resolve_dimensions(self, dimensions: Sequence[Dimension] | None) -> tuple[Dimension, ...]:
-        if dimensions is not None:
-            return check_dimensions(dimensions)
-        if self.source.is_synthetic:
-            from moslim_pl.data.synthetic import DIMENSIONS
-
-            return tuple(DIMENSIONS)
-        raise MoslimError(
-            f"source {self.source.describe()!r} needs `dimensions` (one Dimension per label column); only the "
-            "synthetic source has defaults"
-        )
 
     @property
     def pad_token_id(self) -> int:

@@ -25,6 +25,7 @@ from moslim_pl.data.sources import (
     DataSource,
     SyntheticConfig,
     load_source,
+    resolve_dimensions,
 )
 from moslim_pl.errors import MoslimError
 from moslim_pl.prefix import PrefixError, format_prefix, parse_prefix
@@ -233,7 +234,7 @@ class PromptDataModule(LightningDataModule):
             val_source, val_fraction, num_workers, batch_size=batch_size, eval_batch_size=eval_batch_size
         )
         take_sources(self, source, val_source, synthetic)
-        self.dimensions = self._resolve_dimensions(dimensions)
+        self.dimensions = resolve_dimensions(dimensions, self.source)
         self.prompt_column = prompt_column
         self.val_fraction = val_fraction
         self._prefix_args = {
@@ -253,18 +254,6 @@ class PromptDataModule(LightningDataModule):
         self.val_prompts: list[str] | None = None
         self.sampler: PrefixSampler | None = None
         self._pending_state: dict[str, Any] | None = None
-
-    def _resolve_dimensions(self, dimensions: Sequence[Dimension] | None) -> tuple[Dimension, ...]:
-        if dimensions is not None:
-            return check_dimensions(dimensions)
-        if self.source.is_synthetic:
-            from moslim_pl.data.synthetic import DIMENSIONS
-
-            return tuple(DIMENSIONS)
-        raise MoslimError(
-            f"source {self.source.describe()!r} needs `dimensions` (the reward model's schema); only the "
-            "synthetic source has defaults"
-        )
 
     # ------------------------------------------------------------------ reading
     def prepare_data(self) -> None:

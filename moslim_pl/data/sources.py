@@ -25,7 +25,7 @@ import datasets
 
 from moslim_pl.data.types import ALL_HEADS, IGNORE_LABEL
 from moslim_pl.errors import MoslimError
-from moslim_pl.schema import Dimension
+from moslim_pl.schema import Dimension, check_dimensions
 
 log = logging.getLogger(__name__)
 
@@ -280,3 +280,17 @@ def plain_hparams(hparams: MutableMapping[str, Any], keys: Sequence[str]) -> Non
     for key in keys:
         if is_dataclass(hparams.get(key)):
             hparams[key] = asdict(hparams[key])
+
+
+def resolve_dimensions(dimensions: Sequence[Dimension] | None, source: DataSource) -> tuple[Dimension, ...]:
+    """The configured schema, or the synthetic world's for a synthetic source; other sources must declare one."""
+    if dimensions is not None:
+        return check_dimensions(dimensions)
+    if source.is_synthetic:
+        from moslim_pl.data.synthetic import DIMENSIONS
+
+        return tuple(DIMENSIONS)
+    raise MoslimError(
+        f"source {source.describe()!r} needs `dimensions` (one Dimension per label column, the reward "
+        "model's schema); only the synthetic source has defaults"
+    )
