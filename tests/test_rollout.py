@@ -13,15 +13,12 @@ from transformers.cache_utils import Cache
 from moslim_pl.data.encoding import PairEncoding
 from moslim_pl.data.synthetic import DIMENSIONS
 from moslim_pl.errors import MoslimError
+from moslim_pl.generation import PromptBatch, _sample_next, encode_prompts, generate
 from moslim_pl.models.backbone import load_backbone, load_causal_lm, load_tokenizer
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.prefix import PrefixError
 from moslim_pl.rollout import (
-    PromptBatch,
-    _sample_next,
-    encode_prompts,
     entropy_from_logits,
-    generate,
     kl_estimate,
     response_logits,
     rollout_inputs,

@@ -78,7 +78,7 @@ class SFTEncoding:
     ) -> list[SFTExample]:
         """Encode the pairs; each distinct prompt is tokenized once."""
         # lazy: rollout imports the reward model, which imports this package
-        from moslim_pl.rollout import encode_prompts
+        from moslim_pl.generation import encode_prompts
 
         distinct = list(dict.fromkeys(prompts))
         prompt_ids: dict[str, list[int]] = {}

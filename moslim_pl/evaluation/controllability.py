@@ -153,9 +153,9 @@ def sweep_exports(
     oracle: Oracle | None = None,
 ) -> dict[str, dict]:
     """The sweep of an exported policy (Hugging Face folder) measured by an exported reward model."""
+    from moslim_pl.generation import encode_prompts, generate
     from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
     from moslim_pl.models.reward_model import MultiHeadRewardModel
-    from moslim_pl.rollout import encode_prompts, generate
 
     rm = MultiHeadRewardModel.from_pretrained(reward_model).eval()
     tokenizer = load_tokenizer(policy)
