@@ -9,9 +9,11 @@ and a checkpoint resumes the same sequence (the sampler's state travels in the d
 
 from __future__ import annotations
 
+import json
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import datasets
@@ -28,7 +30,7 @@ from moslim_pl.data.sources import (
     resolve_dimensions,
 )
 from moslim_pl.errors import MoslimError
-from moslim_pl.prefix import PrefixError, format_prefix, parse_prefix
+from moslim_pl.prefix import PrefixError, format_prefix, parse_prefix, strip_prefix
 from moslim_pl.schema import Dimension, check_dimensions
 
 log = logging.getLogger(__name__)
@@ -208,6 +210,10 @@ class PromptDataModule(LightningDataModule):
         num_workers: DataLoader workers.
         seed: seeds the split, the training order and every prefix.
         trust_remote_code: allow code from the hub for the dataset.
+        num_test_prompts: held-out prompts that ``moslim-pl test`` (the controllability sweep) answers
+            under every single-dimension prefix; ``None``: all of them.
+        predict_file: the prompts ``moslim-pl predict`` answers: a ``.txt`` file (one prompt per line) or
+            a ``.jsonl`` file of objects with ``prompt_column``; each prompt may start with a prefix.
     """
 
     def __init__(
@@ -227,9 +233,13 @@ class PromptDataModule(LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         trust_remote_code: bool = False,
+        num_test_prompts: int | None = 16,
+        predict_file: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["dimensions"])
+        if num_test_prompts is not None and num_test_prompts < 1:
+            raise MoslimError(f"num_test_prompts must be >= 1 or None, got {num_test_prompts}")
         check_loader_args(
             val_source, val_fraction, num_workers, batch_size=batch_size, eval_batch_size=eval_batch_size
         )
@@ -250,6 +260,9 @@ class PromptDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.trust_remote_code = trust_remote_code
+        self.num_test_prompts = num_test_prompts
+        self.predict_file = predict_file
+        self.predict_prompts: list[str] | None = None
         self.train_prompts: list[str] | None = None
         self.val_prompts: list[str] | None = None
         self.sampler: PrefixSampler | None = None
@@ -288,7 +301,60 @@ class PromptDataModule(LightningDataModule):
             log.info("%s: %d repeated prompt(s) kept once", description, len(prompts) - len(unique))
         return unique
 
+    @property
+    def oracle(self) -> Callable[[str, str], dict[str, int]] | None:
+        """The synthetic world's exact oracle for a synthetic source, else ``None`` (the sweep uses it)."""
+        if not self.source.is_synthetic:
+            return None
+        from moslim_pl.data.synthetic import oracle
+
+        return oracle
+
+    def _read_predict_file(self) -> list[str]:
+        if self.predict_file is None:
+            raise MoslimError("moslim-pl predict needs data.predict_file: a .txt or .jsonl file of prompts")
+        path = Path(self.predict_file)
+        if not path.is_file():
+            raise DataError(f"predict_file {str(path)!r}: no such file")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        prompts = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                continue
+            if path.suffix in (".jsonl", ".json"):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(
+                        f"predict_file {str(path)!r} line {i + 1}: not JSON ({err.msg})"
+                    ) from None
+                prompt = row.get(self.prompt_column) if isinstance(row, dict) else None
+                if not isinstance(prompt, str) or not prompt.strip():
+                    raise DataError(
+                        f"predict_file {str(path)!r} line {i + 1}, column {self.prompt_column!r}: "
+                        "missing or empty prompt"
+                    )
+            else:
+                prompt = line
+            try:
+                parse_prefix(prompt, self.dimensions)
+            except PrefixError as err:
+                raise DataError(f"predict_file {str(path)!r} line {i + 1}: {err}") from None
+            prompts.append(prompt)
+        if not prompts:
+            raise DataError(f"predict_file {str(path)!r}: no prompts")
+        return prompts
+
+    def sweep_prompts(self) -> list[str]:
+        """The first ``num_test_prompts`` held-out prompts, without prefix (never seen in training)."""
+        self.setup("test")
+        prompts = [strip_prefix(p, self.dimensions) for p in self.val_prompts]
+        return prompts[: self.num_test_prompts]
+
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            self.predict_prompts = self._read_predict_file()
+            return
         if self.train_prompts is not None:
             return
         prompts = self._read(self.source)
@@ -332,7 +398,15 @@ class PromptDataModule(LightningDataModule):
         return DataLoader(self.val_prompts, batch_size=self.eval_batch_size, collate_fn=_collate)
 
     def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        """Held-out prompts WITHOUT prefix: the policy modules sweep every dimension and level over them."""
+        return DataLoader(self.sweep_prompts(), batch_size=self.eval_batch_size, collate_fn=_collate)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Rows ``{"index", "prompt"}`` of ``predict_file``, in file order."""
+        if self.predict_prompts is None:
+            self.setup("predict")
+        rows = [{"index": i, "prompt": p} for i, p in enumerate(self.predict_prompts)]
+        return DataLoader(rows, batch_size=self.eval_batch_size, collate_fn=list)
 
     # ------------------------------------------------------------------ checkpointing
     def state_dict(self) -> dict[str, Any]:

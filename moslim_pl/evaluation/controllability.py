@@ -9,15 +9,20 @@ levels summarizes each dimension: 1 is perfect monotone control, 0 none.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from moslim_pl.models.io import atomic_file
 from moslim_pl.prefix import format_prefix
+from moslim_pl.rewards.mapping import expected_level
 from moslim_pl.schema import Dimension
+
+log = logging.getLogger(__name__)
 
 Oracle = Callable[[str, str], dict[str, int]]
 Generate = Callable[[list[str]], list[str]]
@@ -43,6 +48,72 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return 0.0 if float(denominator) == 0.0 else float((rx * ry).sum() / denominator)
 
 
+def sweep_records(
+    dimensions: Sequence[Dimension],
+    prompts: Sequence[str],
+    generate: Generate,
+    rm_levels: Score,
+    oracle: Oracle | None = None,
+) -> Tensor:
+    """Answer every prompt under every single-dimension prefix; one record per answer.
+
+    Args:
+        dimensions: the dimensions to sweep (every level of each), in the RM's head order.
+        prompts: prompts without prefix (held out from training).
+        generate: prompts with prefix -> responses.
+        rm_levels: (prompts with prefix, responses) -> [N, K] expected level of every head, in levels
+            (``Dimension.min_level`` based), e.g. from ``MultiHeadRewardModel.score(...).probs``.
+        oracle: (prompt, response) -> {name: level}; ``None`` when the data has no oracle.
+
+    Returns:
+        ``[M, 4]`` float64 records ``(dimension index, requested level, RM level, oracle level or NaN)``,
+        ``M = len(prompts) * sum(levels)``. Records from several ranks concatenate before
+        :func:`summarize`.
+    """
+    records = []
+    for k, dim in enumerate(dimensions):
+        for level in range(dim.min_level, dim.max_level + 1):
+            prefixed = [format_prefix({dim.name: level}, prompt) for prompt in prompts]
+            responses = generate(prefixed)
+            achieved_rm = rm_levels(prefixed, responses)[:, k].double().cpu()
+            achieved_oracle = torch.tensor(
+                [oracle(p, r)[dim.name] for p, r in zip(prefixed, responses, strict=True)]
+                if oracle
+                else [float("nan")] * len(prompts),
+                dtype=torch.float64,
+            )
+            fixed = torch.tensor([k, level], dtype=torch.float64).expand(len(prompts), 2)
+            records.append(torch.cat([fixed, achieved_rm[:, None], achieved_oracle[:, None]], dim=1))
+    return torch.cat(records) if records else torch.zeros(0, 4, dtype=torch.float64)
+
+
+def summarize(dimensions: Sequence[Dimension], records: Tensor) -> dict[str, dict]:
+    """The sweep's table from :func:`sweep_records`' ``[M, 4]`` records.
+
+    Returns:
+        ``{dim: {"spearman_rm": float, "spearman_oracle": float | None, "levels": {level: {"rm": mean,
+        "oracle": mean | None, "n": count}}}}``; the oracle entries are ``None`` when no record has one.
+    """
+    table: dict[str, dict] = {}
+    for k, dim in enumerate(dimensions):
+        rows = records[records[:, 0] == k]
+        with_oracle = bool(len(rows)) and not bool(rows[:, 3].isnan().any())
+        levels = {}
+        for level in range(dim.min_level, dim.max_level + 1):
+            at = rows[rows[:, 1] == level]
+            levels[str(level)] = {
+                "rm": float(at[:, 2].mean()) if len(at) else None,
+                "oracle": float(at[:, 3].mean()) if with_oracle and len(at) else None,
+                "n": len(at),
+            }
+        table[dim.name] = {
+            "spearman_rm": spearman(rows[:, 1].tolist(), rows[:, 2].tolist()),
+            "spearman_oracle": spearman(rows[:, 1].tolist(), rows[:, 3].tolist()) if with_oracle else None,
+            "levels": levels,
+        }
+    return table
+
+
 def sweep(
     dimensions: Sequence[Dimension],
     prompts: Sequence[str],
@@ -50,44 +121,14 @@ def sweep(
     rm_levels: Score,
     oracle: Oracle | None = None,
 ) -> dict[str, dict]:
-    """Run the sweep.
+    """Run the sweep and summarize it: :func:`summarize` of :func:`sweep_records` (same arguments)."""
+    return summarize(dimensions, sweep_records(dimensions, prompts, generate, rm_levels, oracle))
 
-    Args:
-        dimensions: the dimensions to sweep (every level of each).
-        prompts: held-out prompts without prefix.
-        generate: prompts with prefix -> responses.
-        rm_levels: (prompts with prefix, responses) -> [N, K] expected level of every head, in levels
-            (``Dimension.min_level`` based), e.g. from ``MultiHeadRewardModel.score(...).probs``.
-        oracle: (prompt, response) -> {name: level}; ``None`` when the data has no oracle.
 
-    Returns:
-        ``{dim: {"spearman_rm": float, "spearman_oracle": float | None, "levels": {level: {"rm": mean,
-        "oracle": mean | None, "n": count}}}}``.
-    """
-    table: dict[str, dict] = {}
-    for k, dim in enumerate(dimensions):
-        requested, by_rm, by_oracle, levels = [], [], [], {}
-        for level in range(dim.min_level, dim.max_level + 1):
-            prefixed = [format_prefix({dim.name: level}, prompt) for prompt in prompts]
-            responses = generate(prefixed)
-            achieved_rm = rm_levels(prefixed, responses)[:, k].tolist()
-            achieved_oracle = (
-                [oracle(p, r)[dim.name] for p, r in zip(prefixed, responses, strict=True)] if oracle else None
-            )
-            requested += [level] * len(prompts)
-            by_rm += achieved_rm
-            by_oracle += achieved_oracle or []
-            levels[str(level)] = {
-                "rm": sum(achieved_rm) / len(achieved_rm),
-                "oracle": None if achieved_oracle is None else sum(achieved_oracle) / len(achieved_oracle),
-                "n": len(prompts),
-            }
-        table[dim.name] = {
-            "spearman_rm": spearman(requested, by_rm),
-            "spearman_oracle": spearman(requested, by_oracle) if oracle else None,
-            "levels": levels,
-        }
-    return table
+def rm_expected_levels(probs: Tensor, dimensions: Sequence[Dimension]) -> Tensor:
+    """``[N, K, L]`` head probabilities -> ``[N, K]`` expected level, in each dimension's own levels."""
+    offsets = torch.tensor([d.min_level for d in dimensions], dtype=probs.dtype, device=probs.device)
+    return expected_level(probs) + offsets
 
 
 def format_table(table: dict[str, dict]) -> str:
@@ -141,82 +182,52 @@ def write(table: dict[str, dict], out_dir: str | Path, name: str = "controllabil
     return json_path, png_path
 
 
-def sweep_exports(
-    policy: str,
-    reward_model: str,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int = 64,
-    max_prompt_length: int = 128,
-    temperature: float = 0.0,
-    batch_size: int = 16,
-    oracle: Oracle | None = None,
-) -> dict[str, dict]:
-    """The sweep of an exported policy (Hugging Face folder) measured by an exported reward model."""
-    from moslim_pl.generation import encode_prompts, generate
-    from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
-    from moslim_pl.models.reward_model import MultiHeadRewardModel
+def report(module: Any, records: Tensor, tag: str, name: str) -> dict[str, dict]:
+    """Gather a LightningModule's sweep records from every rank, summarize, log and write them.
 
-    rm = MultiHeadRewardModel.from_pretrained(reward_model).eval()
-    tokenizer = load_tokenizer(policy)
-    model = load_causal_lm(policy, tokenizer=tokenizer).eval()
-    level_index = torch.arange(rm.max_levels, dtype=torch.float32)
-    offsets = torch.tensor([d.min_level for d in rm.dimensions], dtype=torch.float32)
+    Logs ``<tag>/spearman_oracle/<dim>`` and ``<tag>/spearman_rm/<dim>`` through ``module.log``, a
+    TensorBoard figure ``<tag>/controllability``, and writes ``<name>.json`` / ``<name>.png`` into the
+    trainer's log dir (rank 0). ``records [M, 4]`` (:func:`sweep_records`) must have the same ``M`` on
+    every rank (a distributed sampler pads the ranks evenly). Returns the table.
+    """
+    gathered = module.all_gather(records)
+    records = gathered.flatten(0, 1) if gathered.dim() == 3 else gathered
+    table = summarize(module.rm.dimensions, records.double().cpu())
+    for dim, row in table.items():
+        module.log(f"{tag}/spearman_rm/{dim}", row["spearman_rm"], rank_zero_only=True)
+        if row["spearman_oracle"] is not None:
+            module.log(f"{tag}/spearman_oracle/{dim}", row["spearman_oracle"], rank_zero_only=True)
+    trainer = module.trainer
+    if trainer.is_global_zero:
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
+        json_path, _ = write(table, out_dir, name)
+        log.info("controllability (%s):\n%s\nwrote %s", tag, format_table(table), json_path)
+        from moslim_pl.evaluation.plots import plt
 
-    def answer(texts: list[str]) -> list[str]:
-        responses: list[str] = []
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            batch = encode_prompts(tokenizer, chunk, max_prompt_length, dimensions=rm.dimensions)
-            rollout = generate(
-                model, tokenizer, batch, max_new_tokens=max_new_tokens, temperature=temperature
-            )
-            responses += rollout.responses
-        return responses
-
-    def rm_levels(texts: list[str], responses: list[str]) -> Tensor:
-        probs = rm.score(texts, responses, batch_size=batch_size).probs  # [N, K, L]
-        return (probs * level_index).sum(-1) + offsets
-
-    return sweep(rm.dimensions, prompts, answer, rm_levels, oracle)
-
-
-def held_out_prompts(datamodule: object) -> list[str]:
-    """The validation prompts of a ``PromptDataModule`` without their prefixes (never seen in training)."""
-    from moslim_pl.prefix import strip_prefix
-
-    datamodule.setup("validate")
-    return [strip_prefix(p, datamodule.dimensions) for p in datamodule.val_prompts]
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_figure"):
+                figure = plot(table)
+                experiment.add_figure(f"{tag}/controllability", figure, trainer.global_step)
+                plt.close(figure)
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m moslim_pl.evaluation.controllability --policy DIR --reward_model DIR --out DIR``."""
+    """``python -m moslim_pl.evaluation.controllability FILE.json...``: print the tables of sweep files.
+
+    The sweep itself runs as the policy modules' test loop: ``moslim-pl test --config ... --model.policy
+    EXPORT`` writes ``<log_dir>/controllability.json``.
+    """
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(description="controllability sweep of an exported policy")
-    parser.add_argument("--policy", required=True, help="exported policy folder (or hub id)")
-    parser.add_argument("--reward_model", required=True, help="exported reward model folder")
-    parser.add_argument("--out", required=True, help="folder for <name>.json and <name>.png")
-    parser.add_argument("--name", default="controllability")
-    parser.add_argument("--num_prompts", type=int, default=16, help="held-out synthetic prompts used")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the prompt split (as in training)")
-    parser.add_argument("--max_new_tokens", type=int, default=64)
-    parser.add_argument("--no_oracle", action="store_true", help="do not measure with the synthetic oracle")
+    parser = argparse.ArgumentParser(description="print controllability tables written by moslim-pl test")
+    parser.add_argument("files", nargs="+", help="controllability JSON files")
     args = parser.parse_args(argv)
-
-    from moslim_pl.data import PromptDataModule, synthetic
-
-    prompts = held_out_prompts(PromptDataModule(seed=args.seed))[: args.num_prompts]
-    table = sweep_exports(
-        args.policy,
-        args.reward_model,
-        prompts,
-        max_new_tokens=args.max_new_tokens,
-        oracle=None if args.no_oracle else synthetic.oracle,
-    )
-    json_path, _ = write(table, args.out, args.name)
-    sys.stdout.write(format_table(table) + f"\nwrote {json_path}\n")
+    for file in args.files:
+        table = json.loads(Path(file).read_text())
+        sys.stdout.write(f"{file}\n{format_table(table)}\n")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 
 from moslim_pl.errors import MoslimError
+from moslim_pl.evaluation import controllability
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.models.io import save_pretrained_atomic
 from moslim_pl.models.reward_model import MultiHeadRewardModel
@@ -176,6 +177,63 @@ class PolicyModule(LightningModule):
         for k, name in enumerate(self.rm.names):
             if requested[k] > 0:
                 self.log(f"val/hit_rate/{name}", hits[k] / requested[k])
+
+    # ------------------------------------------------------------------ controllability sweep (test loop)
+    def _answer(self, prompts: list[str]) -> list[str]:
+        """One response per prompt at ``val_temperature`` (0: greedy), in ``rm_batch_size`` chunks."""
+        size = self.hparams.rm_batch_size
+        responses: list[str] = []
+        for start in range(0, len(prompts), size):
+            responses += self._rollout(
+                prompts[start : start + size], 1, self.hparams.val_temperature
+            ).responses
+        return responses
+
+    def _rm_levels(self, prompts: list[str], responses: list[str]) -> Tensor:
+        probs = self.rm.score(prompts, responses, batch_size=self.hparams.rm_batch_size).probs
+        return controllability.rm_expected_levels(probs, self.rm.dimensions)
+
+    def sweep_records(self, prompts: Sequence[str], oracle: controllability.Oracle | None = None) -> Tensor:
+        """The controllability sweep's ``[M, 4]`` records for prompts without prefix (see ``evaluation``)."""
+        return controllability.sweep_records(
+            self.rm.dimensions, list(prompts), self._answer, self._rm_levels, oracle
+        )
+
+    def _datamodule_oracle(self) -> controllability.Oracle | None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        return getattr(datamodule, "oracle", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._test_records: list[Tensor] = []
+
+    def test_step(self, batch: Sequence[str], batch_idx: int) -> None:
+        """A batch of held-out prompts WITHOUT prefix, swept over every dimension and level."""
+        records = self.sweep_records(self._prompts(batch), self._datamodule_oracle())
+        self._test_records.append(records.to(self.device))
+
+    def on_test_epoch_end(self) -> None:
+        local = torch.cat(self._test_records) if self._test_records else torch.zeros(0, 4, device=self.device)
+        controllability.report(self, local, "test", "controllability")
+
+    # ------------------------------------------------------------------ generation for users (predict)
+    def predict_step(self, batch: Sequence[Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Rows ``{"index", "prompt"}`` (or plain prompt strings) -> ``{"index", "prompt", "response",
+        "reward", "levels"}``: the response at ``val_temperature`` and what the RM reads in it."""
+        rows = [row if isinstance(row, dict) else {"index": None, "prompt": row} for row in batch]
+        prompts = self._prompts([row["prompt"] for row in rows])
+        rollout = self._rollout(prompts, 1, self.hparams.val_temperature)
+        scores = self._score(prompts, rollout)
+        levels = controllability.rm_expected_levels(scores.probs, self.rm.dimensions)
+        return [
+            {
+                "index": row["index"],
+                "prompt": row["prompt"],
+                "response": response,
+                "reward": float(scores.reward[i]),
+                "levels": {name: round(float(levels[i, k]), 3) for k, name in enumerate(self.rm.names)},
+            }
+            for i, (row, response) in enumerate(zip(rows, rollout.responses, strict=True))
+        ]
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

@@ -30,9 +30,17 @@ moslim-pl fit --config "$root/configs/policy/rloo_quickstart.yaml" "${common[@]}
   || { tail -n 20 "$out/rloo.log"; exit 1; }
 rloo=$(latest rloo_quickstart)/export
 
+# The controllability sweep is the policy modules' test loop: 16 held-out prompts, every level of every
+# dimension, measured by the oracle and the RM; it writes <log_dir>/controllability.{json,png}.
+sweep() {  # sweep POLICY NAME
+  moslim-pl test --config "$root/configs/policy/rloo_quickstart.yaml" "${common[@]}" \
+    --trainer.logger.init_args.name "sweep_$2" --model.policy "$1" --model.reward_model "$rm_export" \
+    > "$out/sweep_$2.log" 2>&1 || { tail -n 20 "$out/sweep_$2.log"; exit 1; }
+  cp "$(latest "sweep_$2")/controllability.json" "$out/$2.json"
+  cp "$(latest "sweep_$2")/controllability.png" "$out/$2.png"
+  python -m moslim_pl.evaluation.controllability "$out/$2.json"
+}
 echo "== controllability of the SFT start"
-python -m moslim_pl.evaluation.controllability --policy "$sft" --reward_model "$rm_export" \
-  --out "$out" --name controllability_sft
+sweep "$sft" controllability_sft
 echo "== controllability of the RLOO policy"
-python -m moslim_pl.evaluation.controllability --policy "$rloo" --reward_model "$rm_export" \
-  --out "$out" --name controllability
+sweep "$rloo" controllability

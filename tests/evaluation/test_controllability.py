@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from moslim_pl.data.synthetic import DIMENSIONS, oracle
-from moslim_pl.evaluation.controllability import format_table, spearman, sweep, write
+from moslim_pl.evaluation.controllability import (
+    format_table,
+    rm_expected_levels,
+    spearman,
+    summarize,
+    sweep,
+    sweep_records,
+    write,
+)
 from moslim_pl.prefix import parse_prefix
 
 
@@ -61,3 +69,19 @@ def test_sweep_without_oracle():
     table = sweep(DIMENSIONS[:1], ["hi ."], _obedient, _rm_levels, oracle=None)
     assert table["verbosity"]["spearman_oracle"] is None
     assert table["verbosity"]["levels"]["2"]["oracle"] is None
+
+
+def test_records_from_ranks_concatenate_to_the_whole_sweep():
+    prompts = ["tell me about rivers .", "explain bees .", "describe the moon ."]
+    whole = sweep(DIMENSIONS, prompts, _obedient, _rm_levels, oracle)
+    parts = [
+        sweep_records(DIMENSIONS, chunk, _obedient, _rm_levels, oracle)
+        for chunk in (prompts[:2], prompts[2:])
+    ]
+    records = torch.cat(parts)
+    assert records.shape == (3 * sum(d.num_levels for d in DIMENSIONS), 4)
+    assert summarize(DIMENSIONS, records) == whole
+    # expected level in each dimension's own levels: p = [0.25, 0.75] over levels 1..2 -> 1.75
+    dims = [type(DIMENSIONS[0])(name="x", low=1, high=2)]
+    probs = torch.tensor([[[0.25, 0.75]]])
+    assert rm_expected_levels(probs, dims).item() == pytest.approx(1.75)

@@ -1,0 +1,64 @@
+"""ControllabilityCallback: the controllability sweep every N training steps, into TensorBoard."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from moslim_pl.errors import MoslimError
+from moslim_pl.evaluation import controllability
+
+log = logging.getLogger(__name__)
+
+
+class ControllabilityCallback(Callback):
+    """Sweep every dimension and level over held-out prompts every ``every_n_train_steps`` steps.
+
+    Logs ``sweep/spearman_oracle/<dim>`` (where the data has an oracle) and ``sweep/spearman_rm/<dim>``,
+    a TensorBoard figure ``sweep/controllability`` (requested vs achieved level) and writes
+    ``<log_dir>/controllability_step<N>.{json,png}``. Needs a policy module (``RLOOModule``, ``PPOModule``,
+    ``OnlineDPOModule``) and a ``PromptDataModule``, whose first ``num_prompts`` held-out prompts are
+    used; under several ranks each answers its share of them.
+
+    Args:
+        every_n_train_steps: sweep when ``global_step`` reaches a multiple of this.
+        num_prompts: held-out prompts swept (each answered once per level of every dimension).
+    """
+
+    def __init__(self, every_n_train_steps: int = 400, num_prompts: int = 16) -> None:
+        if every_n_train_steps < 1 or num_prompts < 1:
+            raise MoslimError(
+                f"every_n_train_steps and num_prompts must be >= 1, got {every_n_train_steps}, {num_prompts}"
+            )
+        self.every_n_train_steps = every_n_train_steps
+        self.num_prompts = num_prompts
+        self._last_sweep = 0
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: object) -> None:
+        step = trainer.global_step
+        # Manual optimization may take several steps per batch: sweep when a multiple has been crossed.
+        if step // self.every_n_train_steps <= self._last_sweep // self.every_n_train_steps:
+            return
+        self._last_sweep = step
+        datamodule = trainer.datamodule
+        if not hasattr(datamodule, "sweep_prompts") or not hasattr(pl_module, "sweep_records"):
+            raise MoslimError("ControllabilityCallback needs a policy module and a PromptDataModule")
+        prompts = datamodule.sweep_prompts()[: self.num_prompts]
+        # An equal share per rank (cycled to fill the last one), as the gather of the records needs.
+        share = math.ceil(len(prompts) / trainer.world_size)
+        padded = [prompts[i % len(prompts)] for i in range(share * trainer.world_size)]
+        mine = padded[trainer.global_rank * share : (trainer.global_rank + 1) * share]
+        with torch.no_grad():
+            records = pl_module.sweep_records(mine, datamodule.oracle)
+        controllability.report(
+            pl_module, records.to(pl_module.device), "sweep", f"controllability_step{step}"
+        )
+
+    def state_dict(self) -> dict[str, int]:
+        return {"last_sweep": self._last_sweep}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._last_sweep = int(state_dict.get("last_sweep", 0))

@@ -1,0 +1,118 @@
+"""The policy modules' test loop (controllability sweep), the sweep callback and predict (JSONL)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from lightning.pytorch import seed_everything
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from moslim_pl.callbacks import ControllabilityCallback, PredictionWriter
+from moslim_pl.data import PromptDataModule
+from moslim_pl.data.sources import DataError
+from moslim_pl.data.synthetic import DIMENSIONS
+from moslim_pl.errors import MoslimError
+from moslim_pl.modules import RLOOModule
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+
+
+def _module(rm: Path) -> RLOOModule:
+    seed_everything(0)
+    return RLOOModule(
+        reward_model=str(rm), tiny_config=TINY, num_samples=2, max_new_tokens=6, max_prompt_length=32
+    )
+
+
+def _images(log_dir: Path) -> list[str]:
+    tags = []
+    for file in log_dir.rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(file), size_guidance={"images": 0})
+        accumulator.Reload()
+        tags += accumulator.Tags()["images"]
+    return tags
+
+
+def test_test_loop_sweeps_every_dimension_and_level(formality_rm, rl_trainer, tmp_path: Path) -> None:
+    module = _module(formality_rm)
+    data = PromptDataModule(num_test_prompts=3, eval_batch_size=2)
+    trainer = rl_trainer(1, logger=TensorBoardLogger(tmp_path, name="sweep"))
+    (metrics,) = trainer.test(module, datamodule=data)
+
+    table = json.loads((Path(trainer.log_dir) / "controllability.json").read_text())
+    assert list(table) == [d.name for d in DIMENSIONS]
+    for dim in DIMENSIONS:
+        levels = table[dim.name]["levels"]
+        assert list(levels) == [str(level) for level in range(dim.min_level, dim.max_level + 1)]
+        # 3 prompts per level, answered in two test batches (2 + 1) and concatenated
+        assert all(v["n"] == 3 for v in levels.values())
+        assert levels["0"]["oracle"] is not None  # the synthetic source has an oracle
+        assert metrics[f"test/spearman_rm/{dim.name}"] == pytest.approx(table[dim.name]["spearman_rm"])
+        assert f"test/spearman_oracle/{dim.name}" in metrics
+    assert (Path(trainer.log_dir) / "controllability.png").read_bytes()[:4] == b"\x89PNG"
+    assert "test/controllability" in _images(tmp_path)
+
+
+def test_sweep_callback_logs_every_n_steps(formality_rm, rl_trainer, tmp_path: Path) -> None:
+    module = _module(formality_rm)
+    data = PromptDataModule(num_test_prompts=4, batch_size=2)
+    callback = ControllabilityCallback(every_n_train_steps=2, num_prompts=2)
+    trainer = rl_trainer(
+        4, logger=TensorBoardLogger(tmp_path, name="cb"), callbacks=[callback], limit_val_batches=0
+    )
+    trainer.fit(module, datamodule=data)
+    written = sorted(p.name for p in Path(trainer.log_dir).glob("controllability_step*.json"))
+    assert written == ["controllability_step2.json", "controllability_step4.json"]
+    table = json.loads((Path(trainer.log_dir) / "controllability_step4.json").read_text())
+    assert table["verbosity"]["levels"]["3"]["n"] == 2
+    assert "sweep/controllability" in _images(tmp_path)
+    assert callback.state_dict() == {"last_sweep": 4}
+    with pytest.raises(MoslimError, match="every_n_train_steps"):
+        ControllabilityCallback(every_n_train_steps=0)
+
+
+def test_predict_writes_jsonl_in_input_order(formality_rm, rl_trainer, tmp_path: Path) -> None:
+    prompts = ["<formality 0> explain bees .", "tell me about rivers .", "<verbosity 3> <formality 2> hi ."]
+    file = tmp_path / "prompts.txt"
+    file.write_text("\n".join(prompts[:2]) + "\n\n" + prompts[2] + "\n")  # a blank line is skipped
+    out = tmp_path / "out" / "predictions.jsonl"
+    trainer = rl_trainer(1, logger=False, callbacks=[PredictionWriter(str(out))])
+    trainer.predict(
+        _module(formality_rm),
+        datamodule=PromptDataModule(predict_file=str(file), eval_batch_size=2),
+        return_predictions=False,
+    )
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["prompt"] for row in rows] == prompts and [row["index"] for row in rows] == [0, 1, 2]
+    for row in rows:
+        assert isinstance(row["response"], str) and set(row["levels"]) == {d.name for d in DIMENSIONS}
+        assert -10 < row["reward"] < 10
+
+    jsonl = tmp_path / "prompts.jsonl"
+    jsonl.write_text(json.dumps({"prompt": prompts[0]}) + "\n")
+    data = PromptDataModule(predict_file=str(jsonl))
+    data.setup("predict")
+    assert data.predict_prompts == prompts[:1]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("bad.txt", "<verbosity 9> hi .\n", r"line 1: .*verbosity"),
+        ("bad.jsonl", '{"text": "hi"}\n', r"line 1, column 'prompt': missing or empty prompt"),
+        ("bad.jsonl", "{not json\n", r"line 1: not JSON"),
+        ("empty.txt", "\n\n", r"no prompts"),
+    ],
+)
+def test_predict_file_errors_name_the_line(tmp_path: Path, name: str, text: str, message: str) -> None:
+    file = tmp_path / name
+    file.write_text(text)
+    with pytest.raises(DataError, match=message):
+        PromptDataModule(predict_file=str(file)).setup("predict")
+    with pytest.raises(DataError, match="no such file"):
+        PromptDataModule(predict_file=str(tmp_path / "missing.txt")).setup("predict")
+    with pytest.raises(MoslimError, match="predict_file"):
+        PromptDataModule().setup("predict")
