@@ -7,8 +7,8 @@ Each training batch is a list of prompts (``<name level>`` prefix or none). One 
     -> DPO loss on the pairs' sequence log-probs against the frozen reference -> one optimizer step
 
 (Guo et al. 2024, "Direct Language Model Alignment from Online AI Feedback", with the RM as the
-annotator.) The reference model is a frozen copy of the initial policy; the RM is loaded from its export,
-frozen and never trained. Dropout stays off in all three models, as in :class:`RLOOModule`.
+annotator.) The reference model is a frozen copy of the initial policy (with ``lora``: the policy with
+its adapters disabled); the RM is loaded from its export, frozen and never trained. Dropout stays off in all three models, as in :class:`RLOOModule`.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from torch import Tensor
 
 from moslim_pl.errors import MoslimError
 from moslim_pl.losses.dpo import dpo_loss
+from moslim_pl.models.lora import LoRAConfig
 from moslim_pl.modules.policy import PolicyModule
 from moslim_pl.rollout import (
     entropy_from_logits,
     kl_estimate,
     response_logits,
     rollout_inputs,
-    sequence_logprobs,
     token_logprobs,
 )
 
@@ -59,6 +59,8 @@ class OnlineDPOModule(PolicyModule):
         log_samples_every_n_steps: text samples to TensorBoard every this many steps (``None``: never).
         rm_batch_size: pairs per RM forward pass.
         trust_remote_code: passed to ``from_pretrained`` for the policy.
+        lora: train LoRA adapters instead of the whole policy; the reference is then the policy with
+            its adapters disabled (no frozen copy), and the export merges the adapters.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class OnlineDPOModule(PolicyModule):
         log_samples_every_n_steps: int | None = 50,
         rm_batch_size: int = 16,
         trust_remote_code: bool = False,
+        lora: LoRAConfig | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -107,8 +110,7 @@ class OnlineDPOModule(PolicyModule):
             reward = reward - hp.missing_eos_penalty * (~rollout.finished).to(reward.dtype)
         inputs = rollout_inputs(rollout)
         mask = rollout.response_mask
-        with torch.no_grad():
-            ref_logprobs = sequence_logprobs(self.reference, *inputs, temperature=hp.temperature)
+        ref_logprobs = self.reference_logprobs(*inputs, temperature=hp.temperature)
         logits = response_logits(self.policy, *inputs[:3], temperature=hp.temperature)
         logprobs = token_logprobs(logits, rollout.sequences[:, rollout.prompt_length :])
         logprobs = torch.where(mask.bool(), logprobs, torch.zeros_like(logprobs))

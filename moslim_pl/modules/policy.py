@@ -5,7 +5,7 @@ the rollout math itself lives in ``moslim_pl.rollout`` as plain functions. Subcl
 constructor signature (the CLI reads it), call ``save_hyperparameters()`` and then ``_build_models()``.
 Required hyperparameters: policy, reward_model, tiny_config, max_new_tokens, temperature, top_p,
 max_prompt_length, chat_template, mapping, mapping_weights, max_grad_norm, learning_rate, weight_decay,
-warmup_steps, val_temperature, log_samples_every_n_steps, rm_batch_size, trust_remote_code.
+warmup_steps, val_temperature, log_samples_every_n_steps, rm_batch_size, trust_remote_code; optional: lora.
 
 Dropout stays off in all three models (as TRL does): the log-probs that train the policy must be those of
 the distribution that sampled; Lightning's warning that modules are in eval mode is therefore expected.
@@ -16,22 +16,32 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch import Tensor
+from torch import Tensor, nn
 
+from moslim_pl.data.sources import as_dataclass
 from moslim_pl.errors import MoslimError
 from moslim_pl.evaluation import controllability
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.models.io import save_pretrained_atomic
+from moslim_pl.models.lora import LoRAConfig, apply_lora, is_lora, merged_copy, reference_mode
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.modules.optim import adamw_with_warmup
 from moslim_pl.rewards.mapping import MAPPINGS
-from moslim_pl.rollout import RewardOutput, Rollout, encode_prompts, generate, score_responses
+from moslim_pl.rollout import (
+    RewardOutput,
+    Rollout,
+    encode_prompts,
+    generate,
+    score_responses,
+    sequence_logprobs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +78,14 @@ class PolicyModule(LightningModule):
                 tiny_config=hp.tiny_config,
                 trust_remote_code=hp.trust_remote_code,
             )
-            self.reference = copy.deepcopy(self.policy).requires_grad_(False)
+            lora = as_dataclass(LoRAConfig, hp.get("lora"))
+            hp["lora"] = None if lora is None else asdict(lora)  # plain and complete, for checkpoints
+            if lora is not None:
+                # The reference is the same weights with the adapters off: no second copy in memory.
+                self.policy = apply_lora(self.policy, lora)
+                self.reference: nn.Module | None = None
+            else:
+                self.reference = copy.deepcopy(self.policy).requires_grad_(False)
             self.rm = MultiHeadRewardModel.from_pretrained(hp.reward_model).requires_grad_(False)
         self.train()  # puts the three models in eval mode (see train())
         weights = hp.mapping_weights
@@ -83,8 +100,26 @@ class PolicyModule(LightningModule):
         # Dropout would make the training log-probs differ from those of the sampling distribution (and
         # perturb the reference and the reward); none of the three models ever needs it.
         for model in (self.policy, self.reference, self.rm):
-            model.eval()
+            if model is not None:
+                model.eval()
         return self
+
+    def reference_logprobs(
+        self,
+        sequences: Tensor,
+        attention_mask: Tensor,
+        prompt_length: int,
+        response_mask: Tensor,
+        temperature: float,
+    ) -> Tensor:
+        """Per-token log-probs ``[N, R]`` under the reference (no grad): the frozen copy, or the policy
+        with its LoRA adapters disabled."""
+        inputs = (sequences, attention_mask, prompt_length, response_mask)
+        with torch.no_grad():
+            if self.reference is not None:
+                return sequence_logprobs(self.reference, *inputs, temperature=temperature)
+            with reference_mode(self.policy) as base:
+                return sequence_logprobs(base, *inputs, temperature=temperature)
 
     def _prompts(self, batch: Sequence[str]) -> list[str]:
         if not isinstance(batch, (list, tuple)) or not batch or not all(isinstance(p, str) for p in batch):
@@ -242,10 +277,11 @@ class PolicyModule(LightningModule):
         )
 
     def export(self, folder: str | Path) -> Path:
-        """Write the policy and its tokenizer as a Hugging Face folder, atomically (staged, then renamed).
+        """Write the policy (LoRA adapters merged) and its tokenizer as a Hugging Face folder, atomically.
 
         ``load_causal_lm(folder)`` and ``AutoModelForCausalLM.from_pretrained(folder)`` reload it.
         """
-        save_pretrained_atomic(folder, self.policy, self.tokenizer)
+        policy = merged_copy(self.policy) if is_lora(self.policy) else self.policy
+        save_pretrained_atomic(folder, policy, self.tokenizer)
         log.info("exported the policy to %s", folder)
         return folder

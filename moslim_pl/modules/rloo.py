@@ -5,8 +5,8 @@ Each training batch is a list of prompts (``<name level>`` prefix or none). One 
     k samples per prompt -> RM reward (prefix stripped by the RM) -> minus beta * KL to the reference
     -> leave-one-out advantages -> REINFORCE (optionally PPO-clipped) update(s) of the policy
 
-The reference model is a frozen copy of the initial policy; the RM is loaded from its export, frozen and
-never trained. Dropout stays off in all three models (as TRL does): the log-probs that train the policy
+The reference model is a frozen copy of the initial policy (with ``lora``: the policy with its adapters
+disabled); the RM is loaded from its export, frozen and never trained. Dropout stays off in all three models (as TRL does): the log-probs that train the policy
 must be those of the distribution that sampled; Lightning's warning that modules are in eval mode at the
 start of training is therefore expected.
 """
@@ -28,13 +28,13 @@ from moslim_pl.losses.rloo import (
     rloo_loss,
     shape_rewards,
 )
+from moslim_pl.models.lora import LoRAConfig
 from moslim_pl.modules.policy import PolicyModule
 from moslim_pl.rollout import (
     entropy_from_logits,
     kl_estimate,
     response_logits,
     rollout_inputs,
-    sequence_logprobs,
     token_logprobs,
 )
 
@@ -66,6 +66,8 @@ class RLOOModule(PolicyModule):
         log_samples_every_n_steps: text samples to TensorBoard every this many rollouts (``None``: never).
         rm_batch_size: pairs per RM forward pass.
         trust_remote_code: passed to ``from_pretrained`` for the policy.
+        lora: train LoRA adapters instead of the whole policy; the reference is then the policy with
+            its adapters disabled (no frozen copy), and the export merges the adapters.
     """
 
     def __init__(
@@ -95,6 +97,7 @@ class RLOOModule(PolicyModule):
         log_samples_every_n_steps: int | None = 50,
         rm_batch_size: int = 16,
         trust_remote_code: bool = False,
+        lora: LoRAConfig | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -126,8 +129,7 @@ class RLOOModule(PolicyModule):
             reward = reward - hp.missing_eos_penalty * (~rollout.finished).to(reward.dtype)
         inputs = rollout_inputs(rollout)
         mask = rollout.response_mask
-        with torch.no_grad():
-            ref_logprobs = sequence_logprobs(self.reference, *inputs, temperature=hp.temperature)
+        ref_logprobs = self.reference_logprobs(*inputs, temperature=hp.temperature)
 
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         kl_coef = self.kl_controller.value
