@@ -1,8 +1,15 @@
-"""Lightning callbacks: running reward statistics, export, the controllability sweep, predictions."""
+"""Lightning callbacks: reward statistics, export, the controllability sweep, predictions, compute."""
 
+from moslim_pl.callbacks.compute import ComputeCallback
 from moslim_pl.callbacks.controllability import ControllabilityCallback
 from moslim_pl.callbacks.export import ExportCallback
 from moslim_pl.callbacks.predictions import PredictionWriter
 from moslim_pl.callbacks.stats import RewardStatsCallback
 
-__all__ = ["ControllabilityCallback", "ExportCallback", "PredictionWriter", "RewardStatsCallback"]
+__all__ = [
+    "ComputeCallback",
+    "ControllabilityCallback",
+    "ExportCallback",
+    "PredictionWriter",
+    "RewardStatsCallback",
+]

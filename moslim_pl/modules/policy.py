@@ -94,6 +94,7 @@ class PolicyModule(LightningModule):
                 f"the linear mapping needs mapping_weights with one weight per head {self.rm.names}, got {weights}"
             )
         self._val_totals: Tensor | None = None
+        self.rollout_tokens = 0
 
     def train(self, mode: bool = True) -> PolicyModule:
         super().train(mode)
@@ -134,7 +135,7 @@ class PolicyModule(LightningModule):
         batch = encode_prompts(
             self.tokenizer, prompts, hp.max_prompt_length, hp.chat_template, dimensions=self.rm.dimensions
         )
-        return generate(
+        rollout = generate(
             self.policy,
             self.tokenizer,
             batch,
@@ -143,6 +144,9 @@ class PolicyModule(LightningModule):
             top_p=hp.top_p,
             num_samples=num_samples,
         )
+        if self.training:  # tokens through the policy in training rollouts (ComputeCallback reads it)
+            self.rollout_tokens += int(rollout.attention_mask.sum())
+        return rollout
 
     def _score(self, prompts: list[str], rollout: Rollout) -> RewardOutput:
         hp = self.hparams
