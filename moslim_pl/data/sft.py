@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -22,9 +22,18 @@ from transformers import PreTrainedTokenizerBase
 
 from moslim_pl.data.preference import check_loader_args, prefetch_sources, take_sources, train_val_rows
 from moslim_pl.data.prompts import read_texts
-from moslim_pl.data.sources import DataSource, SyntheticConfig, load_source
+from moslim_pl.data.sources import (
+    DataError,
+    DataSource,
+    SyntheticConfig,
+    load_source,
+    parse_label,
+    resolve_dimensions,
+)
 from moslim_pl.data.types import IGNORE_LABEL
 from moslim_pl.errors import MoslimError
+from moslim_pl.prefix import format_prefix
+from moslim_pl.schema import Dimension
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +152,27 @@ def collate_sft_batch(examples: Sequence[SFTExample], pad_token_id: int) -> SFTB
     return SFTBatch(input_ids, attention_mask, labels)
 
 
+def label_targets(
+    row: Mapping[str, Any], dimensions: Sequence[Dimension], where: str = "row"
+) -> dict[str, int]:
+    """The prefix levels of a labelled row (RiC): ``{name: level}`` of every dimension whose label is present.
+
+    A raw label maps to its level as the reward model's heads see it (``Dimension.label_to_class``, so
+    coarsening applies); a missing label (``None``, NaN, ``"N/A"``) leaves the dimension out. A bad
+    label is a one-line ``DataError`` naming ``where`` and the column.
+    """
+    targets: dict[str, int] = {}
+    for dim in dimensions:
+        column = dim.source_column
+        try:
+            raw = parse_label(row.get(column))
+            if raw is not None:
+                targets[dim.name] = dim.min_level + dim.label_to_class(raw)
+        except ValueError as err:  # a non-integer label, or SchemaError: out of range
+            raise DataError(f"{where}, column {column!r}: {err}") from None
+    return targets
+
+
 class SFTDataModule(LightningDataModule):
     """(prompt, response) rows for supervised fine-tuning of the policy (loss on the response only).
 
@@ -161,6 +191,11 @@ class SFTDataModule(LightningDataModule):
         num_workers: DataLoader workers.
         seed: seeds the validation split and the training shuffle.
         trust_remote_code: allow code from the hub for the tokenizer and the dataset.
+        label_prefix: RiC ("rewards in context", Yang et al. 2024): every prompt gets the prefix of its
+            own row's labels (``<verbosity 2> <formality 0> ...``, missing labels left out), so that the
+            prefix controls the output at inference without RL. Off: prompts are used as they are.
+        dimensions: the schema of ``label_prefix`` (label columns, ranges, coarsening); defaults to the
+            synthetic world's for a synthetic source.
     """
 
     def __init__(
@@ -180,10 +215,12 @@ class SFTDataModule(LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         trust_remote_code: bool = False,
+        label_prefix: bool = False,
+        dimensions: list[Dimension] | None = None,
     ) -> None:
         super().__init__()
         # the module logs the encoding settings it owns; the same keys here would clash when unset
-        self.save_hyperparameters(ignore=["max_length", "max_prompt_length", "chat_template"])
+        self.save_hyperparameters(ignore=["max_length", "max_prompt_length", "chat_template", "dimensions"])
         check_loader_args(
             val_source, val_fraction, num_workers, batch_size=batch_size, eval_batch_size=eval_batch_size
         )
@@ -191,6 +228,8 @@ class SFTDataModule(LightningDataModule):
         take_sources(self, source, val_source, synthetic)
         self.prompt_column = prompt_column
         self.response_column = response_column
+        self.label_prefix = label_prefix
+        self.dimensions = resolve_dimensions(dimensions, self.source) if label_prefix else None
         self.val_fraction = val_fraction
         self._encoding_overrides = {
             "max_length": max_length,
@@ -248,6 +287,22 @@ class SFTDataModule(LightningDataModule):
         description = source.describe()
         prompts = read_texts(dataset, self.prompt_column, description)
         responses = read_texts(dataset, self.response_column, description)
+        if self.label_prefix:
+            for dim in self.dimensions:
+                if dim.source_column not in dataset.column_names:
+                    raise DataError(
+                        f"{description}: missing label column {dim.source_column!r} (label_prefix)"
+                    )
+            labels = {dim.source_column: dataset[dim.source_column] for dim in self.dimensions}
+            prompts = [
+                format_prefix(
+                    label_targets(
+                        {c: v[i] for c, v in labels.items()}, self.dimensions, f"{description} row {i}"
+                    ),
+                    prompt,
+                )
+                for i, prompt in enumerate(prompts)
+            ]
         return [SFTRow(p, r) for p, r in zip(prompts, responses, strict=True)]
 
     def _encode(self, rows: Sequence[SFTRow]) -> list[SFTExample]:
