@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from moslim_pl.errors import MoslimError
+from moslim_pl.models.sharding import any_rank, is_sharded
 from moslim_pl.prefix import parse_prefix
 from moslim_pl.schema import Dimension
 
@@ -231,7 +232,6 @@ def _prefill(
     return _prefill(model, *repeated, 1)
 
 
-@torch.inference_mode()
 def _sample(
     model: nn.Module,
     input_ids: Tensor,
@@ -243,8 +243,13 @@ def _sample(
     eos_ids: Tensor,
     pad_token_id: int,
     generator: torch.Generator | None,
+    lockstep: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """The decoding loop: ``tokens [N, R]`` and ``response_mask [N, R]`` (inference tensors)."""
+    """The decoding loop: ``tokens [N, R]`` and ``response_mask [N, R]`` (run it without grad).
+
+    ``lockstep``: the model is sharded, and every forward pass all-gathers weights with the other ranks:
+    all ranks must stop at the same step, so the early stop waits until every row of every rank is done.
+    """
     logits, cache = _prefill(model, input_ids, attention_mask, num_samples)
     cache_name = _cache_name(model)
     mask = attention_mask.repeat_interleave(num_samples, 0)
@@ -256,7 +261,7 @@ def _sample(
         tokens.append(token)
         alive.append(~finished)
         finished = finished | torch.isin(token, eos_ids)
-        if step == max_new_tokens - 1 or bool(finished.all()):
+        if step == max_new_tokens - 1 or not any_rank(~finished.all(), lockstep):
             break
         # Finished rows keep decoding pad tokens (cheaper than compacting the cache); they are masked.
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
@@ -329,11 +334,15 @@ def generate(
     eos_ids = torch.tensor(_eos_ids(model, tokenizer, eos_token_id), device=device)
     was_training = model.training
     model.eval()
+    sharded = is_sharded(model)
+    # FSDP2 keeps the buffers of the weights it gathers in the first forward pass: made under inference
+    # mode, they could never serve a forward pass with grad again (and one rank's FSDP2 fails outright).
     try:
-        tokens, response_mask = _sample(
-            model, input_ids, attention_mask, max_new_tokens, temperature, top_p, num_samples,
-            eos_ids, pad_token_id, generator,
-        )  # fmt: skip
+        with torch.inference_mode(not sharded), torch.no_grad():
+            tokens, response_mask = _sample(
+                model, input_ids, attention_mask, max_new_tokens, temperature, top_p, num_samples,
+                eos_ids, pad_token_id, generator, lockstep=sharded,
+            )  # fmt: skip
     finally:
         model.train(was_training)
     # clone() outside inference mode: inference tensors cannot be saved for backward, and the policy

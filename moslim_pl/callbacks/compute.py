@@ -85,8 +85,9 @@ class ComputeCallback(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         record = self.summary(trainer, pl_module)
+        # trainer.log_dir broadcasts from rank 0: a collective that every rank must join
+        path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
         if trainer.is_global_zero:
-            path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_file(path) as tmp:
                 tmp.write_text(json.dumps(record, indent=2) + "\n")

@@ -11,7 +11,10 @@ log = logging.getLogger(__name__)
 
 
 class ExportCallback(Callback):
-    """Call ``pl_module.export(dirpath)`` at the end of fit, on global rank 0.
+    """Call ``pl_module.export(dirpath)`` at the end of fit, on every rank.
+
+    Every rank takes part because a model sharded with FSDP is gathered for the export (a collective);
+    the modules' ``export`` methods write on rank 0 only.
 
     Place it after ``RewardStatsCallback`` in the callback list so the export carries the
     re-estimated statistics.
@@ -30,7 +33,7 @@ class ExportCallback(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         folder = self.resolve_dirpath(trainer)
+        pl_module.export(folder)
         if trainer.is_global_zero:
-            pl_module.export(folder)
             log.info("exported %s to %s", type(pl_module).__name__, folder)
         trainer.strategy.barrier("moslim_export")

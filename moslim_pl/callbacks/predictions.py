@@ -52,6 +52,7 @@ class PredictionWriter(BasePredictionWriter):
         self, trainer: Trainer, pl_module: LightningModule, predictions: Sequence[Any], batch_indices: Any
     ) -> None:
         rows = _rows(predictions)
+        path = self.resolve_output(trainer)  # trainer.log_dir is a collective: every rank resolves it
         if dist.is_available() and dist.is_initialized() and trainer.world_size > 1:
             everyone: list[list[dict[str, Any]] | None] = [None] * trainer.world_size
             dist.all_gather_object(everyone, rows)
@@ -60,7 +61,6 @@ class PredictionWriter(BasePredictionWriter):
             return
         unique = {row["index"]: row for row in rows}  # the sampler's padding repeats rows
         ordered = [unique[i] for i in sorted(unique)]
-        path = self.resolve_output(trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(path) as tmp:
             tmp.write_text(

@@ -78,7 +78,10 @@ class RewardStatsCallback(Callback):
             if self.reestimate_max_batches is not None and i >= self.reestimate_max_batches:
                 break
             batch: RewardBatch = trainer.strategy.batch_to_device(batch)
-            probs = pl_module.rm.probabilities(batch.input_ids, batch.attention_mask).float()
+            # Through the strategy's wrapper (DDP, FSDP1), whose forward gathers a sharded root; the
+            # module's forward gives logits whose padded levels softmax to exactly 0.
+            logits = trainer.strategy.model(batch.input_ids, batch.attention_mask)
+            probs = logits.float().softmax(-1)
             sums = probability_sums(probs)
             total = sums if total is None else add_sums(total, sums)
         pl_module.train(was_training)

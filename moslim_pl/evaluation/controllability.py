@@ -198,8 +198,9 @@ def report(module: Any, records: Tensor, tag: str, name: str) -> dict[str, dict]
         if row["spearman_oracle"] is not None:
             module.log(f"{tag}/spearman_oracle/{dim}", row["spearman_oracle"], rank_zero_only=True)
     trainer = module.trainer
+    # trainer.log_dir broadcasts from rank 0: a collective that every rank must join
+    out_dir = Path(trainer.log_dir or trainer.default_root_dir)
     if trainer.is_global_zero:
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir)
         json_path, _ = write(table, out_dir, name)
         log.info("controllability (%s):\n%s\nwrote %s", tag, format_table(table), json_path)
         from moslim_pl.evaluation.plots import plt

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from torch import nn
+
 
 @contextmanager
 def atomic_folder(folder: str | Path) -> Iterator[Path]:
@@ -20,6 +22,10 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    # mkdtemp makes the folder private (0700); an export is a normal folder, readable as the umask allows
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
     try:
         yield staging
         _replace_folder(staging, folder)
@@ -44,11 +50,26 @@ def _replace_folder(staging: Path, folder: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
-def save_pretrained_atomic(folder: str | Path, *parts: object) -> Path:
-    """``part.save_pretrained`` of every part (model, tokenizer, ...) into ``folder``, atomically."""
+def save_pretrained_atomic(folder: str | Path, *parts: object, fsdp_root: object | None = None) -> Path:
+    """``part.save_pretrained`` of every part (model, tokenizer, ...) into ``folder``, atomically.
+
+    A model sharded with FSDP is gathered first: every rank must then call this (a collective); in a
+    distributed run only rank 0 writes. ``fsdp_root``: the FSDP1 wrapper holding the models, if any
+    (``moslim_pl.models.sharding.fsdp1_root``).
+    """
+    from moslim_pl.models.sharding import full_state_dict, is_rank_zero  # torch.distributed, on demand
+
+    states = [
+        full_state_dict(part, root=fsdp_root) if isinstance(part, nn.Module) else None for part in parts
+    ]
+    if not is_rank_zero():
+        return Path(folder)
     with atomic_folder(folder) as staging:
-        for part in parts:
-            part.save_pretrained(staging)
+        for part, state in zip(parts, states, strict=True):
+            if state is None:
+                part.save_pretrained(staging)
+            else:
+                part.save_pretrained(staging, state_dict=state)
     return Path(folder)
 
 

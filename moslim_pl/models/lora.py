@@ -11,6 +11,7 @@ import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from moslim_pl.errors import MoslimError
@@ -71,5 +72,24 @@ def reference_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def merged_copy(model: nn.Module) -> nn.Module:
-    """A plain model with the adapters merged into the weights (the original keeps its adapters)."""
-    return copy.deepcopy(model).merge_and_unload()
+    """A plain model with the adapters merged into the weights (the original keeps its adapters).
+
+    A model sharded with FSDP2 is gathered first (a collective: every rank calls this) into an unsharded
+    twin built on the meta device; only rank 0's twin receives the weights (the other ranks write nothing).
+    """
+    from moslim_pl.models.sharding import full_state_dict
+
+    state = full_state_dict(model)
+    if state is None:
+        return copy.deepcopy(model).merge_and_unload()
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(model.peft_config[model.active_adapter])
+    with torch.device("meta"):
+        twin = get_peft_model(AutoModelForCausalLM.from_config(model.get_base_model().config), config)
+    if not state:  # not rank 0
+        return twin.get_base_model()
+    twin.load_state_dict(state, assign=True)
+    twin.get_base_model().tie_weights()
+    return twin.merge_and_unload()

@@ -26,6 +26,7 @@ from moslim_pl.data.encoding import PairEncoding
 from moslim_pl.errors import MoslimError
 from moslim_pl.models.backbone import is_encoder, load_backbone, load_tokenizer
 from moslim_pl.models.io import atomic_folder
+from moslim_pl.models.sharding import is_sharded
 from moslim_pl.prefix import parse_prefix
 from moslim_pl.schema import Dimension, check_dimensions, default_targets
 
@@ -244,11 +245,15 @@ class MultiHeadRewardModel(nn.Module):
         pad_id = self.tokenizer.pad_token_id
         was_training = self.training
         self.eval()  # dropout would make scores depend on the call
+        # FSDP2 keeps the buffers of the weights it gathers in its first forward pass: made under inference
+        # mode they could never serve a pass with grad (and one rank's FSDP2 fails outright), so no_grad.
+        sharded = is_sharded(self)
         try:
             chunks = []
             for start in range(0, len(encoded), batch_size):
                 input_ids, attention_mask = right_pad(encoded[start : start + batch_size], pad_id)
-                probs = self.probabilities(input_ids.to(device), attention_mask.to(device))
+                with torch.inference_mode(not sharded), torch.no_grad():
+                    probs = self.probabilities(input_ids.to(device), attention_mask.to(device))
                 chunks.append(probs.float().cpu())
         finally:
             self.train(was_training)
@@ -256,26 +261,36 @@ class MultiHeadRewardModel(nn.Module):
             return torch.zeros((0, len(self._dimensions), self.max_levels))
         return torch.cat(chunks)
 
-    def _head_state(self) -> dict[str, Tensor]:
+    def _head_state(self, state_dict: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
         """Heads' weights and the persistent stats buffers, i.e. everything but the backbone."""
+        state = self.state_dict() if state_dict is None else state_dict
         return {
             key: value.detach().cpu().contiguous()
-            for key, value in self.state_dict().items()
+            for key, value in state.items()
             if not key.startswith("backbone.")
         }
 
-    def save_pretrained(self, folder: str | Path) -> None:
+    def save_pretrained(self, folder: str | Path, state_dict: Mapping[str, Tensor] | None = None) -> None:
         """Export to a Hugging Face-format folder, atomically (staged in a sibling folder, then renamed).
 
         The folder holds the backbone's own files (``AutoModel.from_pretrained(folder)`` loads it alone),
         the tokenizer's files, ``moslim_rm.json`` (schema, pooling, encoding) and ``heads.safetensors``
         (heads and running statistics). An existing folder is replaced only once the new one is complete.
+        ``state_dict``: the full weights to write instead of the module's own (a sharded model's,
+        gathered with ``moslim_pl.models.sharding.full_state_dict``).
         """
+        backbone_state = None
+        if state_dict is not None:
+            backbone_state = {
+                key.removeprefix("backbone."): value
+                for key, value in state_dict.items()
+                if key.startswith("backbone.")
+            }
         with atomic_folder(folder) as staging:
-            self.backbone.save_pretrained(staging)
+            self.backbone.save_pretrained(staging, state_dict=backbone_state)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(staging)
-            save_file(self._head_state(), staging / HEADS_FILE)
+            save_file(self._head_state(state_dict), staging / HEADS_FILE)
             config = {
                 "format_version": FORMAT_VERSION,
                 "dimensions": [d.to_dict() for d in self._dimensions],

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 
 from moslim_pl.data.sources import as_dataclass
@@ -32,6 +33,7 @@ from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.models.io import save_pretrained_atomic
 from moslim_pl.models.lora import LoRAConfig, apply_lora, is_lora, merged_copy, reference_mode
 from moslim_pl.models.reward_model import MultiHeadRewardModel
+from moslim_pl.models.sharding import shard_mesh, shard_model
 from moslim_pl.modules.optim import adamw_with_warmup
 from moslim_pl.rewards.mapping import MAPPINGS
 from moslim_pl.rollout import (
@@ -48,7 +50,12 @@ log = logging.getLogger(__name__)
 _SAMPLE_ROWS = 8  # rows of the text table logged to TensorBoard
 
 
+_CELL_CHARS = 300  # long prompts (documents to summarize...) keep their start and their end
+
+
 def _markdown_cell(text: str) -> str:
+    if len(text) > 2 * _CELL_CHARS:
+        text = f"{text[:_CELL_CHARS]} [...] {text[-_CELL_CHARS:]}"
     return text.replace("|", "\\|").replace("\n", " ")
 
 
@@ -95,6 +102,32 @@ class PolicyModule(LightningModule):
             )
         self._val_totals: Tensor | None = None
         self.rollout_tokens = 0
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy`` (``configs/trainer/fsdp2.yaml``) shard every model with FSDP2.
+
+        The models are built in ``__init__``; here each of :meth:`shardable_models` gets ``fully_shard``
+        per transformer block, then on its root. Generation stays in lockstep across ranks
+        (``moslim_pl.generation``), as the sharded forward passes need.
+        """
+        if self._trainer is not None and isinstance(self.trainer.strategy, FSDPStrategy):
+            raise MoslimError(
+                "the policy stages shard with FSDP2: use configs/trainer/fsdp2.yaml (ModelParallelStrategy) "
+                "instead of FSDPStrategy"
+            )
+        if self.device_mesh is None:
+            return
+        mesh = shard_mesh(self.device_mesh)
+        for model in self.shardable_models().values():
+            shard_model(model, mesh)
+
+    def shardable_models(self) -> dict[str, nn.Module]:
+        """The models FSDP2 shards, by attribute name: every child module that holds parameters (policy,
+        reference, RM and whatever a subclass adds, e.g. a critic and its value head). Every trainable
+        parameter must be in one of them: FSDP2 syncs the gradients of sharded parameters only."""
+        return {
+            name: child for name, child in self.named_children() if next(child.parameters(), None) is not None
+        }
 
     def train(self, mode: bool = True) -> PolicyModule:
         super().train(mode)

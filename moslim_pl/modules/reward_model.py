@@ -21,7 +21,9 @@ from moslim_pl.evaluation.plots import confusion_matrix_image
 from moslim_pl.losses import multi_head_cross_entropy, pair_scores
 from moslim_pl.models.backbone import load_backbone, load_tokenizer
 from moslim_pl.models.reward_model import MultiHeadRewardModel
+from moslim_pl.models.sharding import fsdp1_root, full_state_dict, is_rank_zero, shard_mesh, shard_model
 from moslim_pl.modules.optim import adamw_with_warmup
+from moslim_pl.modules.precision import float32_metrics
 from moslim_pl.rewards.mapping import expected_level
 from moslim_pl.schema import Dimension, check_dimensions
 
@@ -107,13 +109,14 @@ class RewardModelModule(LightningModule):
         self.hparams["dimensions"] = [d.to_dict() for d in self.rm.dimensions]
 
     def configure_model(self) -> None:
-        if self.rm is not None:
-            return
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        dims = getattr(datamodule, "dimensions", None)
-        if dims is None:
-            raise MoslimError("model.dimensions is not set and the datamodule declares no dimensions")
-        self._build(check_dimensions(dims))
+        if self.rm is None:
+            datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+            dims = getattr(datamodule, "dimensions", None)
+            if dims is None:
+                raise MoslimError("model.dimensions is not set and the datamodule declares no dimensions")
+            self._build(check_dimensions(dims))
+        if self.device_mesh is not None:  # ModelParallelStrategy (configs/trainer/fsdp2.yaml): FSDP2
+            shard_model(self.rm, shard_mesh(self.device_mesh))
 
     @property
     def dimensions(self) -> tuple[Dimension, ...]:
@@ -196,6 +199,12 @@ class RewardModelModule(LightningModule):
                         f"{stage}/confusion/{dim.name}", image, self.global_step, dataformats="HWC"
                     )
 
+    def on_validation_start(self) -> None:
+        float32_metrics(self)  # bf16-true casts the metric sums too (see moslim_pl.modules.precision)
+
+    def on_test_start(self) -> None:
+        float32_metrics(self)
+
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
@@ -215,6 +224,11 @@ class RewardModelModule(LightningModule):
         )
 
     def export(self, folder: str | Path) -> Path:
-        """Write the RM as a Hugging Face-format folder (see ``MultiHeadRewardModel.save_pretrained``)."""
-        self.rm.save_pretrained(folder)
+        """Write the RM as a Hugging Face-format folder (see ``MultiHeadRewardModel.save_pretrained``).
+
+        Under FSDP every rank must call it (the shards are gathered); rank 0 writes.
+        """
+        state = full_state_dict(self.rm, root=fsdp1_root(self))
+        if is_rank_zero():
+            self.rm.save_pretrained(folder, state_dict=state)
         return Path(folder)

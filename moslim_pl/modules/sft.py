@@ -23,7 +23,9 @@ from moslim_pl.data.types import IGNORE_LABEL
 from moslim_pl.errors import MoslimError
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.models.io import save_pretrained_atomic
+from moslim_pl.models.sharding import fsdp1_root, shard_mesh, shard_model
 from moslim_pl.modules.optim import adamw_with_warmup
+from moslim_pl.modules.precision import float32_metrics
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,12 @@ class SFTModule(LightningModule):
         self.val_tokens = SumMetric()
 
     def configure_model(self) -> None:
-        if self.lm is not None:
-            return
+        if self.lm is None:
+            self._build()
+        if self.device_mesh is not None:  # ModelParallelStrategy (configs/trainer/fsdp2.yaml): FSDP2
+            shard_model(self.lm, shard_mesh(self.device_mesh))
+
+    def _build(self) -> None:
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.model, trust_remote_code=hp.trust_remote_code)
         if hp.chat_template and not getattr(self.tokenizer, "chat_template", None):
@@ -131,6 +137,12 @@ class SFTModule(LightningModule):
             self.val_nll.reset()
             self.val_tokens.reset()
 
+    def on_validation_start(self) -> None:
+        float32_metrics(self)  # bf16-true casts the metric sums too (see moslim_pl.modules.precision)
+
+    def on_test_start(self) -> None:
+        float32_metrics(self)
+
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
 
@@ -145,9 +157,10 @@ class SFTModule(LightningModule):
         """Write model, generation config and tokenizer as a Hugging Face folder, atomically.
 
         Staged in a sibling folder and renamed, so an existing export is replaced only by a complete one.
+        Under FSDP every rank must call it (the shards are gathered); rank 0 writes.
         """
         if self.lm is None:
             raise RuntimeError("the model is built in configure_model(); call it first")
-        folder = save_pretrained_atomic(folder, self.lm, self.tokenizer)
+        folder = save_pretrained_atomic(folder, self.lm, self.tokenizer, fsdp_root=fsdp1_root(self))
         log.info("exported the fine-tuned model to %s", folder)
         return folder

@@ -18,7 +18,9 @@ TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "in
 
 
 def test_compute_record_counts_real_tokens(tmp_path: Path) -> None:
-    data = PreferenceDataModule(synthetic=SyntheticConfig(num_prompts=20, responses_per_prompt=2), batch_size=4)
+    data = PreferenceDataModule(
+        synthetic=SyntheticConfig(num_prompts=20, responses_per_prompt=2), batch_size=4
+    )
     module = RewardModelModule(backbone="moslim/tiny-llama", tiny_config=TINY)
     counted: list[int] = []
 

@@ -1,0 +1,27 @@
+"""Metric sums stay float32 under ``bf16-true``/``16-true``, which cast the whole LightningModule.
+
+Lightning's half-precision plugins call ``module.to(dtype)``, and torchmetrics lets that cast the floating
+states of its metrics: a bf16 sum stops counting at 256 rows and rounds every mean. The modules call
+:func:`float32_metrics` when an evaluation starts (after the cast) to undo it for their metrics.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchmetrics import Metric
+
+
+def float32_metrics(module: nn.Module) -> None:
+    """Give every metric inside ``module`` whose states are all floating float32 states (in place)."""
+    for metric in module.modules():
+        if not isinstance(metric, Metric):
+            continue
+        states = [getattr(metric, name) for name in metric._defaults]
+        tensors = [s for s in states if isinstance(s, torch.Tensor)]
+        if (
+            tensors
+            and all(t.is_floating_point() for t in tensors)
+            and any(t.dtype != torch.float32 for t in tensors)
+        ):
+            metric.set_dtype(torch.float32)
