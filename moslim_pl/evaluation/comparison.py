@@ -15,7 +15,7 @@ extreme levels of all dimensions. Each method turns a request into its own contr
 Measured per method: per dimension, Spearman's rho between requested and oracle level over the
 single-dimension requests and the hit rate (oracle level == requested) over every request naming it;
 the mean mapped reward (the RM's Gaussian mapping of the request) over all answers; and the compute of
-its training runs (``compute.json`` files of ``ComputeCallback``), in device-hours.
+its training runs (``compute.json`` files of ``ComputeCallback``), in device-hours and tokens.
 
 ``python -m moslim_pl.evaluation.comparison SPEC.json --out comparison.json`` runs it from a spec::
 
@@ -122,9 +122,14 @@ def evaluate(
     }
 
 
-def compute_hours(files: Sequence[str | Path]) -> float:
-    """Sum of ``device_hours`` over ``ComputeCallback`` records."""
-    return sum(float(json.loads(Path(f).read_text())["device_hours"]) for f in files)
+def compute_totals(files: Sequence[str | Path]) -> dict[str, float]:
+    """``{"compute_hours", "compute_tokens"}``: sums of ``device_hours`` and ``tokens`` over
+    ``ComputeCallback`` records. Wall-clock hours move with the machine's load; tokens do not."""
+    records = [json.loads(Path(f).read_text()) for f in files]
+    return {
+        "compute_hours": sum(float(r["device_hours"]) for r in records),
+        "compute_tokens": sum(int(r["tokens"]) for r in records),
+    }
 
 
 # ---------------------------------------------------------------------------------------- responders
@@ -212,7 +217,7 @@ def build_responder(spec: dict[str, Any], dimensions: Sequence[Dimension], max_n
 def format_comparison(table: dict[str, dict[str, Any]]) -> str:
     names = list(next(iter(table.values()))["dimensions"]) if table else []
     header = f"{'method':<16}" + "".join(f"{n[:11] + ' rho':>16}{'hit':>6}" for n in names)
-    lines = [header + f"{'mean rho':>10}{'reward':>8}{'hours':>8}"]
+    lines = [header + f"{'mean rho':>10}{'reward':>8}{'hours':>8}{'Mtokens':>9}"]
     for method, row in table.items():
         dims = row["dimensions"]
         cells = "".join(f"{dims[n]['spearman_oracle']:>16.3f}{dims[n]['hit_rate']:>6.2f}" for n in names)
@@ -246,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     for method, method_spec in spec["methods"].items():
         responder = build_responder(method_spec, dims, spec.get("max_new_tokens", 64))
         row = evaluate(responder, prompts, dims, synthetic.oracle, rm_reward)
-        row["compute_hours"] = compute_hours(method_spec.get("compute", []))
+        row.update(compute_totals(method_spec.get("compute", [])))
         table[method] = row
         sys.stdout.write(f"evaluated {method}\n")
     with atomic_file(args.out) as tmp:

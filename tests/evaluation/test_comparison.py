@@ -9,7 +9,7 @@ import torch
 
 from moslim_pl.data.synthetic import DIMENSIONS, oracle
 from moslim_pl.evaluation.comparison import (
-    compute_hours,
+    compute_totals,
     evaluate,
     format_comparison,
     nearest_policy,
@@ -64,7 +64,7 @@ def test_evaluate_table_on_a_fake_policy(tmp_path) -> None:
     assert row["dimensions"]["formality"]["spearman_oracle"] == 0.0  # deaf to formality
     assert row["mean_reward"] == 1.0
     file = tmp_path / "compute.json"
-    file.write_text(json.dumps({"device_hours": 0.25}))
-    assert compute_hours([file, file]) == 0.5
-    text = format_comparison({"moslim": {**row, "compute_hours": 0.5}})
+    file.write_text(json.dumps({"device_hours": 0.25, "tokens": 1000}))
+    assert compute_totals([file, file]) == {"compute_hours": 0.5, "compute_tokens": 2000}
+    text = format_comparison({"moslim": {**row, "compute_hours": 0.5, "compute_tokens": 2000}})
     assert "moslim" in text and "1.000" in text
