@@ -148,3 +148,12 @@ class AdaptiveKLController:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.value = float(state["value"])
+
+
+def kl_controller(
+    kl_coef: float, kl_target: float | None = None, kl_horizon: float = 10000.0
+) -> FixedKLController | AdaptiveKLController:
+    """A fixed controller, or an adaptive one when ``kl_target`` is set (the modules' ``kl_*`` arguments)."""
+    if kl_target is None:
+        return FixedKLController(kl_coef)
+    return AdaptiveKLController(kl_coef, kl_target, kl_horizon)

@@ -23,13 +23,13 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import Tensor, nn
 
 from moslim_pl.data.sources import as_dataclass
 from moslim_pl.errors import MoslimError
 from moslim_pl.evaluation import controllability
-from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
+from moslim_pl.models.backbone import TINY_BACKBONES, load_causal_lm, load_tokenizer
 from moslim_pl.models.io import save_pretrained_atomic
 from moslim_pl.models.lora import LoRAConfig, apply_lora, is_lora, merged_copy, reference_mode
 from moslim_pl.models.reward_model import MultiHeadRewardModel
@@ -306,6 +306,45 @@ class PolicyModule(LightningModule):
             }
             for i, (row, response) in enumerate(zip(rows, rollout.responses, strict=True))
         ]
+
+    def _update_kl_controller(self, kl: Tensor, size: int) -> None:
+        """Feed the rollout's per-sequence KL ``[N]`` to ``self.kl_controller`` (RLOO, PPO).
+
+        Every rank must hold the same beta: the controller sees the KL averaged over all ranks.
+        """
+        mean_kl = self.trainer.strategy.reduce(kl.mean().detach(), reduce_op="mean")
+        self.kl_controller.update(float(mean_kl), n_steps=size * self.trainer.world_size)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _frozen_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes left out of checkpoints: the frozen models that construction rebuilds.
+
+        The RM always comes back from its export; the reference (the initial policy) only when the policy
+        loads pretrained weights: a ``moslim/tiny-*`` policy starts from random ones, so its reference is
+        kept; FSDP2's sharded checkpoints keep everything. For SmolLM2 this halves a checkpoint.
+        """
+        if isinstance(getattr(self._trainer, "strategy", None), ModelParallelStrategy):
+            return ()  # sharded (distributed) checkpoints load into the module's full key set
+        return ("rm.",) if self.hparams.policy in TINY_BACKBONES else ("reference.", "rm.")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):
+            for key in [k for k in state if k.startswith(self._frozen_prefixes())]:
+                del state[key]
+        if hasattr(self, "kl_controller"):
+            checkpoint["kl_controller"] = self.kl_controller.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):
+            # the frozen models as this module just rebuilt them, so that strict loading still checks
+            # every trained parameter (older checkpoints that hold them load as they are)
+            for key, value in self.state_dict().items():
+                if key.startswith(self._frozen_prefixes()):
+                    state.setdefault(key, value)
+        if hasattr(self, "kl_controller") and "kl_controller" in checkpoint:
+            self.kl_controller.load_state_dict(checkpoint["kl_controller"])
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

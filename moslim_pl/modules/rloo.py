@@ -22,8 +22,7 @@ from torch import Tensor
 
 from moslim_pl.errors import MoslimError
 from moslim_pl.losses.rloo import (
-    AdaptiveKLController,
-    FixedKLController,
+    kl_controller,
     rloo_advantages,
     rloo_loss,
     shape_rewards,
@@ -103,10 +102,7 @@ class RLOOModule(PolicyModule):
         self.save_hyperparameters()
         self._check_arguments()
         self._build_models()
-        if kl_target is None:
-            self.kl_controller: FixedKLController | AdaptiveKLController = FixedKLController(kl_coef)
-        else:
-            self.kl_controller = AdaptiveKLController(kl_coef, kl_target, kl_horizon)
+        self.kl_controller = kl_controller(kl_coef, kl_target, kl_horizon)
 
     def _check_arguments(self) -> None:
         hp = self.hparams
@@ -167,16 +163,5 @@ class RLOOModule(PolicyModule):
             self._log_samples(prompts, rollout, scores.reward)
         return torch.stack(losses).mean()
 
-    def _update_kl_controller(self, kl: Tensor, size: int) -> None:
-        # Every rank must hold the same beta: the controller sees the KL averaged over all ranks.
-        mean_kl = self.trainer.strategy.reduce(kl.mean().detach(), reduce_op="mean")
-        self.kl_controller.update(float(mean_kl), n_steps=size * self.trainer.world_size)
-
     # ------------------------------------------------------------------ validation
     # ------------------------------------------------------------------ optimisation, checkpoints, export
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["kl_controller"] = self.kl_controller.state_dict()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "kl_controller" in checkpoint:
-            self.kl_controller.load_state_dict(checkpoint["kl_controller"])

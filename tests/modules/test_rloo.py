@@ -16,6 +16,8 @@ from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.modules import RLOOModule
 
+TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+
 
 def test_hand_built_rm_rewards_the_requested_markers(formality_rm: Path) -> None:
     rm = MultiHeadRewardModel.from_pretrained(formality_rm)
@@ -121,9 +123,22 @@ def test_adaptive_kl_clipping_and_checkpoint(
     trainer.save_checkpoint(path)
     checkpoint = torch.load(path, weights_only=False)
     assert checkpoint["kl_controller"] == {"value": module.kl_controller.value}
+    # the frozen RM is rebuilt from its export, not stored; the reference of a randomly initialized tiny
+    # policy is stored (tests/modules/test_policy_evaluation.py covers a pretrained policy's)
+    keys = checkpoint["state_dict"]
+    assert any(k.startswith("policy.") for k in keys) and any(k.startswith("reference.") for k in keys)
+    assert not any(k.startswith("rm.") for k in keys)
     restored = RLOOModule.load_from_checkpoint(path)
     assert restored.kl_controller.value == module.kl_controller.value
-    torch.testing.assert_close(restored.policy.lm_head.weight, module.policy.lm_head.weight)
+    for name, tensor in module.state_dict().items():  # policy, reference and RM all equal
+        torch.testing.assert_close(restored.state_dict()[name], tensor, msg=name)
+    # resuming a fit from the checkpoint also rebuilds them (strict loading of the trained weights)
+    resumed = RLOOModule(**module.hparams)
+    rl_trainer(5, logger=False).fit(
+        resumed, DataLoader(formality_prompts(2, 8, seed=0), batch_size=2), ckpt_path=path
+    )
+    for before, after in zip(reference, resumed.reference.parameters(), strict=True):
+        assert torch.equal(before, after)
 
 
 @pytest.mark.parametrize(
@@ -150,3 +165,22 @@ def test_batches_must_be_prompt_strings(formality_rm: Path) -> None:
     module = RLOOModule(reward_model=str(formality_rm), max_new_tokens=2)
     with pytest.raises(MoslimError, match="prompt strings"):
         module.validation_step({"input_ids": torch.zeros(2, 3)}, 0)
+
+
+def test_checkpoint_of_a_pretrained_policy_leaves_out_the_frozen_models(
+    formality_prompts, rl_trainer, formality_rm: Path, tmp_path: Path
+) -> None:
+    tokenizer = load_tokenizer("moslim/tiny-llama")
+    start = tmp_path / "sft"
+    load_causal_lm("moslim/tiny-llama", tokenizer=tokenizer, tiny_config=TINY).save_pretrained(start)
+    tokenizer.save_pretrained(start)
+    module = RLOOModule(policy=str(start), reward_model=str(formality_rm), num_samples=2, max_new_tokens=6)
+    trainer = rl_trainer(2, logger=False)
+    trainer.fit(module, DataLoader(formality_prompts(2, 4, seed=0), batch_size=2))
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    keys = torch.load(path, weights_only=True)["state_dict"]
+    assert keys and all(k.startswith("policy.") for k in keys)
+    restored = RLOOModule.load_from_checkpoint(path)
+    for name, tensor in module.state_dict().items():  # trained policy, initial reference, RM
+        torch.testing.assert_close(restored.state_dict()[name], tensor, msg=name)
