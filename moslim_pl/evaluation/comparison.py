@@ -222,8 +222,9 @@ def format_comparison(table: dict[str, dict[str, Any]]) -> str:
         dims = row["dimensions"]
         cells = "".join(f"{dims[n]['spearman_oracle']:>16.3f}{dims[n]['hit_rate']:>6.2f}" for n in names)
         mean_rho = sum(dims[n]["spearman_oracle"] for n in names) / len(names)
+        hours, tokens = row["compute_hours"], row.get("compute_tokens", 0) / 1e6
         lines.append(
-            f"{method:<16}{cells}{mean_rho:>10.3f}{row['mean_reward']:>8.3f}{row['compute_hours']:>8.4f}"
+            f"{method:<16}{cells}{mean_rho:>10.3f}{row['mean_reward']:>8.3f}{hours:>8.4f}{tokens:>9.2f}"
         )
     return "\n".join(lines)
 

@@ -67,4 +67,4 @@ def test_evaluate_table_on_a_fake_policy(tmp_path) -> None:
     file.write_text(json.dumps({"device_hours": 0.25, "tokens": 1000}))
     assert compute_totals([file, file]) == {"compute_hours": 0.5, "compute_tokens": 2000}
     text = format_comparison({"moslim": {**row, "compute_hours": 0.5, "compute_tokens": 2000}})
-    assert "moslim" in text and "1.000" in text
+    assert "moslim" in text and "1.000" in text and "0.00" in text.splitlines()[1][-9:]
