@@ -4,7 +4,9 @@
 #   recipes/quickstart/run.sh OUTDIR
 # Writes OUTDIR/controllability_sft.json (the SFT start) and OUTDIR/controllability.json (the RLOO
 # policy), each {"<dimension>": {"spearman_oracle", "spearman_rm", "levels"}}, plus PNG plots, and
-# prints both tables. Extra arguments go to the RLOO stage (e.g. --trainer.max_steps 100).
+# prints both tables. Extra arguments go to the RLOO stage (e.g. --trainer.max_steps 100). SEED=n passes
+# --seed_everything n to every stage (initial weights, dropout, sampling); the synthetic data and the
+# prompt split keep their own seeds, so the sweeps use the same held-out prompts.
 set -euo pipefail
 out=${1:?usage: recipes/quickstart/run.sh OUTDIR [RLOO options]}
 shift
@@ -14,6 +16,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # tiny models run fastest on one t
 
 latest() { ls -d "$out/$1"/version_* | sort -V | tail -n 1; }
 common=(--trainer.logger.init_args.save_dir "$out" --trainer.enable_progress_bar false)
+if [[ -n ${SEED:-} ]]; then common+=(--seed_everything "$SEED"); fi
 
 # The SFT and reward-model stages are independent: run them side by side.
 moslim-pl fit --config "$root/configs/sft/quickstart.yaml" "${common[@]}" > "$out/sft.log" 2>&1 &
