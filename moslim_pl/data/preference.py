@@ -1,7 +1,8 @@
 """The reward model's datamodule: preference rows in, tokenized reward batches (``RewardBatch``) out.
 
-Rows come from a ``DataSource`` (see ``sources.py`` for the pointwise and pairwise schemas). Unless a
-separate validation source is given, validation is a prompt-disjoint split of the training source:
+Rows come from a ``DataSource`` or a mix of them (see ``sources.py`` for the generic pointwise and pairwise
+rows, ``schemas.py`` for the public datasets' schemas). Unless a separate validation source is given,
+validation is a prompt-disjoint split of the training rows:
 a prompt's responses all land on the same side, so validation accuracy measures generalization to
 new prompts rather than recall of seen ones.
 """
@@ -22,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from moslim_pl.data.collate import RewardExample, collate_reward_batch
 from moslim_pl.data.encoding import PairEncoding
+from moslim_pl.data.schemas import convert_source
 from moslim_pl.data.sources import (
     Columns,
     DataError,
@@ -66,19 +68,21 @@ def split_by_prompt(
 
 def train_val_rows(
     read: Callable[[DataSource], list[R]],
-    source: DataSource,
+    source: DataSource | Sequence[DataSource],
     val_source: DataSource | None,
     val_fraction: float,
     seed: int,
 ) -> tuple[list[R], list[R]]:
-    """Rows of ``source`` split by prompt, or ``source`` and ``val_source`` when one is given.
+    """Rows of ``source`` (several: their concatenation) split by prompt, or ``source`` and ``val_source``
+    when one is given.
 
     ``read`` turns a source into rows with a ``prompt`` attribute; prompts on both sides of a given
     ``val_source`` are allowed but logged, since they inflate validation scores.
     """
-    train = read(source)
+    sources = [source] if isinstance(source, DataSource) else list(source)
+    train = [row for src in sources for row in read(src)]
     if val_source is None:
-        return split_by_prompt(train, val_fraction, seed, source.describe())
+        return split_by_prompt(train, val_fraction, seed, describe(sources))
     val = read(val_source)
     shared = {row.prompt for row in train} & {row.prompt for row in val}
     if shared:
@@ -106,13 +110,30 @@ def check_loader_args(
         raise MoslimError(f"num_workers must be non-negative, got {num_workers}")
 
 
-def take_sources(module: LightningDataModule, source: Any, val_source: Any, synthetic: Any) -> None:
+def describe(sources: Sequence[DataSource]) -> str:
+    """The sources' names joined, for messages."""
+    return " + ".join(src.describe() for src in sources)
+
+
+def take_sources(
+    module: LightningDataModule, source: Any, val_source: Any, synthetic: Any, reads_schemas: bool = False
+) -> None:
     """Set ``source``, ``val_source`` and ``synthetic`` on a datamodule, keeping plain dicts in its hparams
-    (so checkpoints load with ``torch.load(weights_only=True)``)."""
+    (so checkpoints load with ``torch.load(weights_only=True)``).
+
+    Only a datamodule that ``reads_schemas`` accepts a source with a dataset ``schema``; the others
+    would silently read its raw columns.
+    """
     plain_hparams(module.hparams, ("source", "val_source", "synthetic"))
     module.source = as_dataclass(DataSource, source) or DataSource()
     module.val_source = as_dataclass(DataSource, val_source)
     module.synthetic = as_dataclass(SyntheticConfig, synthetic) or SyntheticConfig()
+    for src in (module.source, module.val_source):
+        if not reads_schemas and src is not None and src.schema is not None:
+            raise MoslimError(
+                f"{type(module).__name__} reads the raw columns of {src.describe()!r}: dataset schemas "
+                f"(here {src.schema!r}) are read by PreferenceDataModule only; remove `schema`"
+            )
 
 
 class PreferenceDataModule(LightningDataModule):
@@ -122,7 +143,11 @@ class PreferenceDataModule(LightningDataModule):
         tokenizer: tokenizer name or path, given to ``moslim_pl.models.backbone.load_tokenizer``;
             ``None`` takes the LightningModule's (``tokenizer_name``), so the RM's own tokenizer is used.
         source: the training rows; defaults to the embedded synthetic world.
-        dimensions: the heads; defaults to the synthetic world's dimensions for a synthetic source.
+        sources: several training sources mixed into one reward model (instead of ``source``); their
+            rows are concatenated before the prompt-disjoint split, and a row's labels for dimensions
+            its source lacks are missing (ignored by those heads).
+        dimensions: the heads; defaults to the union of the sources' own dimensions (the synthetic
+            world's, or those each dataset ``schema`` declares; see ``moslim_pl.data.schemas``).
         val_source: validation rows; without it validation is a prompt-disjoint split of ``source``.
         synthetic: size and noise of the synthetic world.
         prompt_column / response_column: text columns of pointwise rows.
@@ -146,6 +171,7 @@ class PreferenceDataModule(LightningDataModule):
         self,
         tokenizer: str | None = None,
         source: DataSource | None = None,
+        sources: list[DataSource] | None = None,
         dimensions: list[Dimension] | None = None,
         val_source: DataSource | None = None,
         synthetic: SyntheticConfig | None = None,
@@ -176,8 +202,16 @@ class PreferenceDataModule(LightningDataModule):
             eval_batch_size=eval_batch_size,
         )
         self.tokenizer_name = tokenizer
-        take_sources(self, source, val_source, synthetic)
-        self.dimensions: tuple[Dimension, ...] = resolve_dimensions(dimensions, self.source)
+        if sources is not None and (source is not None or not sources):
+            raise MoslimError("give either `source` or a non-empty `sources` list, not both")
+        take_sources(self, source, val_source, synthetic, reads_schemas=True)
+        plain_hparams(self.hparams, ("sources",))
+        if sources:
+            self.sources: tuple[DataSource, ...] = tuple(as_dataclass(DataSource, src) for src in sources)
+            self.source = self.sources[0]
+        else:
+            self.sources = (self.source,)
+        self.dimensions: tuple[Dimension, ...] = resolve_dimensions(dimensions, *self.sources)
         self.columns = Columns(
             prompt_column, response_column, chosen_column, rejected_column, pair_dimension_column
         )
@@ -204,7 +238,7 @@ class PreferenceDataModule(LightningDataModule):
         return self.tokenizer.pad_token_id
 
     def prepare_data(self) -> None:
-        prefetch_sources((self.source, self.val_source), self.trust_remote_code)
+        prefetch_sources((*self.sources, self.val_source), self.trust_remote_code)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
@@ -212,7 +246,7 @@ class PreferenceDataModule(LightningDataModule):
         self._take_model_settings()
         self.tokenizer = self._load_tokenizer()
         train_rows, val_rows = train_val_rows(
-            self._read, self.source, self.val_source, self.val_fraction, self.seed
+            self._read, self.sources, self.val_source, self.val_fraction, self.seed
         )
         self._check_every_head_has_labels(train_rows)
         self.train_dataset = self._encode(train_rows)
@@ -232,7 +266,7 @@ class PreferenceDataModule(LightningDataModule):
         for k, dim in enumerate(self.dimensions):
             if not any(labels[k] != IGNORE_LABEL for row in rows for labels in row.labels):
                 raise DataError(
-                    f"{self.source.describe()}: dimension {dim.name!r} has no label in the training rows "
+                    f"{describe(self.sources)}: dimension {dim.name!r} has no label in the training rows "
                     f"(column {dim.source_column!r} missing or empty)"
                 )
 
@@ -259,6 +293,8 @@ class PreferenceDataModule(LightningDataModule):
 
     def _read(self, source: DataSource) -> list[PreferenceRow]:
         dataset = load_source(source, self.synthetic, self.trust_remote_code)
+        if source.schema is not None:
+            return convert_source(dataset, source, self.dimensions)
         return read_rows(dataset, self.dimensions, self.columns, source.describe())
 
     def _encode(self, rows: Sequence[PreferenceRow]) -> list[RewardExample]:

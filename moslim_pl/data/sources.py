@@ -9,6 +9,9 @@ files) or the embedded synthetic world. Two row kinds are detected from the colu
   judges (else every head judges it) and per-response labels in ``<column>_chosen`` /
   ``<column>_rejected`` columns (UltraFeedback's ``score_chosen`` style).
 
+A source with a ``schema`` (HelpSteer, UltraFeedback, PKU-SafeRLHF, HH-RLHF) is instead read by that
+dataset's converter in ``moslim_pl.data.schemas``.
+
 Every problem a user can cause is a one-line ``DataError`` naming the source, the row and the column.
 """
 
@@ -53,6 +56,11 @@ class DataSource:
         split: the split to read.
         revision: git revision of a hub dataset.
         max_rows: keep only the first ``max_rows`` rows.
+        schema: read the rows with a dataset schema's converter (``helpsteer``, ``helpsteer2``,
+            ``ultrafeedback``, ``pku_saferlhf``, ``hh_rlhf``; see ``moslim_pl.data.schemas``) instead of
+            detecting the row kind from the columns. Only the reward model's datamodule reads schemas.
+        schema_options: keyword options of the schema's converter (e.g. ``{dimension: harmlessness}``
+            for ``hh_rlhf``).
     """
 
     path: str = SYNTHETIC
@@ -61,6 +69,8 @@ class DataSource:
     split: str = "train"
     revision: str | None = None
     max_rows: int | None = None
+    schema: str | None = None
+    schema_options: dict[str, Any] | None = None
 
     @property
     def is_synthetic(self) -> bool:
@@ -223,11 +233,11 @@ def read_rows(
 
     rows = []
     for i in range(len(dataset)):
-        prompt = _text(table[columns.prompt][i], _where(description, i, columns.prompt))
-        texts = tuple(_text(table[c][i], _where(description, i, c)) for c in text_columns)
+        prompt = check_text(table[columns.prompt][i], _where(description, i, columns.prompt))
+        texts = tuple(check_text(table[c][i], _where(description, i, c)) for c in text_columns)
         labels = tuple(
             tuple(
-                _label(dim, table[c][i], _where(description, i, c)) if c in table else IGNORE_LABEL
+                check_label(dim, table[c][i], _where(description, i, c)) if c in table else IGNORE_LABEL
                 for dim, c in zip(dimensions, cols, strict=True)
             )
             for cols in label_columns
@@ -249,7 +259,8 @@ def _where(description: str, row: int, column: str) -> str:
     return f"{description} row {row}, column {column!r}"
 
 
-def _text(value: Any, where: str) -> str:
+def check_text(value: Any, where: str) -> str:
+    """``value`` if it is non-empty text, else a one-line ``DataError`` at ``where``."""
     if not isinstance(value, str):
         kind = "missing" if value is None else f"not text ({type(value).__name__})"
         raise DataError(f"{where}: {kind}")
@@ -258,7 +269,8 @@ def _text(value: Any, where: str) -> str:
     return value
 
 
-def _label(dim: Dimension, value: Any, where: str) -> int:
+def check_label(dim: Dimension, value: Any, where: str) -> int:
+    """Class index of a raw label cell for ``dim`` (``IGNORE_LABEL`` when missing); bad ones raise ``DataError``."""
     try:
         raw = parse_label(value)
     except ValueError as err:
@@ -278,19 +290,47 @@ def as_dataclass(cls: type[T], value: T | dict[str, Any] | None) -> T | None:
 def plain_hparams(hparams: MutableMapping[str, Any], keys: Sequence[str]) -> None:
     """Store dataclass hyperparameters as plain dicts, so checkpoints load with ``weights_only=True``."""
     for key in keys:
-        if is_dataclass(hparams.get(key)):
-            hparams[key] = asdict(hparams[key])
+        value = hparams.get(key)
+        if is_dataclass(value):
+            hparams[key] = asdict(value)
+        elif isinstance(value, list | tuple):
+            hparams[key] = [asdict(item) if is_dataclass(item) else item for item in value]
 
 
-def resolve_dimensions(dimensions: Sequence[Dimension] | None, source: DataSource) -> tuple[Dimension, ...]:
-    """The configured schema, or the synthetic world's for a synthetic source; other sources must declare one."""
+def resolve_dimensions(
+    dimensions: Sequence[Dimension] | None, source: DataSource, *more: DataSource
+) -> tuple[Dimension, ...]:
+    """The configured schema, else the union of the sources' own dimensions (in source order).
+
+    The synthetic world and every dataset schema (``DataSource.schema``) declare their dimensions;
+    other sources need the config to declare them. Two sources giving one name different ranges
+    cannot share a head: that is an error asking for ``dimensions``.
+    """
     if dimensions is not None:
         return check_dimensions(dimensions)
-    if source.is_synthetic:
-        from moslim_pl.data.synthetic import DIMENSIONS
+    found: dict[str, tuple[Dimension, str]] = {}
+    for src in (source, *more):
+        if src.schema is not None:
+            from moslim_pl.data.schemas import get_schema
 
-        return tuple(DIMENSIONS)
-    raise MoslimError(
-        f"source {source.describe()!r} needs `dimensions` (one Dimension per label column, the reward "
-        "model's schema); only the synthetic source has defaults"
-    )
+            own = get_schema(src).dimensions
+        elif src.is_synthetic:
+            from moslim_pl.data.synthetic import DIMENSIONS
+
+            own = tuple(DIMENSIONS)
+        else:
+            raise MoslimError(
+                f"source {src.describe()!r} needs `dimensions` (one Dimension per label column, the reward "
+                "model's schema) or a `schema`; only the synthetic source and dataset schemas have defaults"
+            )
+        for dim in own:
+            first, where = found.setdefault(dim.name, (dim, src.describe()))
+            if first != dim:
+                raise MoslimError(
+                    f"dimension {dim.name!r} is {first.low}..{first.high} in {where} but {dim.low}..{dim.high} "
+                    f"in {src.describe()}: declare `dimensions` to choose one head per name"
+                )
+    if not found:
+        names = ", ".join(src.describe() for src in (source, *more))
+        raise MoslimError(f"sources {names} label no dimension (pairwise only): declare `dimensions`")
+    return check_dimensions([dim for dim, _ in found.values()])
