@@ -34,6 +34,19 @@ class MoslimCLI(LightningCLI):
         )
 
 
+def _user_error(err: BaseException) -> MoslimError | None:
+    """The ``MoslimError`` behind ``err``: itself, or one that jsonargparse wrapped while it built the
+    model or datamodule from the config (it re-raises a ``ValueError`` chained to the original)."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MoslimError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``moslim-pl`` console script."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -41,10 +54,11 @@ def main(args: list[str] | None = None) -> None:
     transformers.utils.logging.disable_progress_bar()
     try:
         MoslimCLI(args=args)
-    except MoslimError as err:
-        if os.environ.get("MOSLIM_DEBUG"):
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None or os.environ.get("MOSLIM_DEBUG"):
             raise
-        sys.stderr.write(f"moslim-pl: error: {err}\n")
+        sys.stderr.write(f"moslim-pl: error: {user_error}\n")
         raise SystemExit(2) from None
 
 

@@ -118,3 +118,30 @@ def _fit_full(config, tmp_path):
     main(["fit", "--config", str(config), f"--trainer.logger.init_args.save_dir={tmp_path}"])
     (run,) = (tmp_path / "reward_model_quickstart").iterdir()
     return run
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("--data.init_args.val_fraction=1.5", "val_fraction must be in (0, 1)"),
+        ('--data.init_args.source={"path": "synthetic", "schema": "no_such_schema"}', "no_such_schema"),
+    ],
+)
+def test_errors_while_the_cli_builds_the_datamodule_end_with_one_line(
+    quickstart_config, tmp_path, capsys, override, expected
+):
+    # jsonargparse wraps what the datamodule's constructor raises; the CLI finds the user error inside
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fit",
+                "--config",
+                str(quickstart_config),
+                f"--trainer.logger.init_args.save_dir={tmp_path}",
+                override,
+            ]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("moslim-pl: error: ") and expected in err[-1]
+    assert "Traceback" not in "\n".join(err)
