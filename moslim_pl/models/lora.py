@@ -1,7 +1,8 @@
 """LoRA adapters (PEFT) from YAML: wrap a model, run its adapter-disabled base, merge for export.
 
 A policy with LoRA needs no frozen reference copy: the reference is the same weights with the adapters
-switched off (``reference_mode``), which saves a whole model's memory.
+switched off (``reference_mode``), which saves a whole model's memory. A reward model puts the adapters
+on its backbone only (``task_type="FEATURE_EXTRACTION"``); its heads stay fully trainable.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from moslim_pl.errors import MoslimError
 
@@ -43,7 +44,11 @@ class LoRAConfig:
 
 
 def apply_lora(model: nn.Module, config: LoRAConfig, task_type: str = "CAUSAL_LM") -> nn.Module:
-    """``model`` wrapped with fresh adapters (B = 0, so the output is unchanged); only adapters train."""
+    """``model`` wrapped with fresh adapters (B = 0, so the output is unchanged); only adapters train.
+
+    ``task_type``: ``"CAUSAL_LM"`` for a policy, ``"FEATURE_EXTRACTION"`` for a bare backbone (``AutoModel``,
+    e.g. a reward model's).
+    """
     from peft import LoraConfig, get_peft_model
 
     targets = config.target_modules
@@ -57,7 +62,7 @@ def apply_lora(model: nn.Module, config: LoRAConfig, task_type: str = "CAUSAL_LM
     try:
         return get_peft_model(model, peft_config)
     except ValueError as err:  # e.g. a target module name the model does not have
-        raise MoslimError(f"lora: {err}") from None
+        raise MoslimError(f"lora: {' '.join(str(err).split())}") from None
 
 
 def is_lora(model: nn.Module) -> bool:
@@ -71,25 +76,32 @@ def reference_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
 
 
-def merged_copy(model: nn.Module) -> nn.Module:
+def merged_copy(model: nn.Module, state: dict[str, Tensor] | None = None) -> nn.Module:
     """A plain model with the adapters merged into the weights (the original keeps its adapters).
 
     A model sharded with FSDP2 is gathered first (a collective: every rank calls this) into an unsharded
     twin built on the meta device; only rank 0's twin receives the weights (the other ranks write nothing).
+    ``state``: the full state dict of ``model`` gathered by the caller (keys relative to ``model``; empty
+    on the ranks that write nothing), e.g. a reward model's backbone gathered with the whole RM. Its
+    tensors are left as they are (the merge writes new ones), so it may share storage with a live model.
     """
     from moslim_pl.models.sharding import full_state_dict
 
-    state = full_state_dict(model)
+    private = state is None  # gathered here: nobody else holds these tensors, so merge in place
+    if state is None:
+        state = full_state_dict(model)
     if state is None:
         return copy.deepcopy(model).merge_and_unload()
     from peft import get_peft_model
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModel, AutoModelForCausalLM
 
     config = copy.deepcopy(model.peft_config[model.active_adapter])
+    # a policy's twin keeps its LM head; a reward model's backbone (FEATURE_EXTRACTION) has none
+    auto = AutoModelForCausalLM if config.task_type == "CAUSAL_LM" else AutoModel
     with torch.device("meta"):
-        twin = get_peft_model(AutoModelForCausalLM.from_config(model.get_base_model().config), config)
+        twin = get_peft_model(auto.from_config(model.get_base_model().config), config)
     if not state:  # not rank 0
         return twin.get_base_model()
     twin.load_state_dict(state, assign=True)
     twin.get_base_model().tie_weights()
-    return twin.merge_and_unload()
+    return twin.merge_and_unload(safe_merge=not private)

@@ -26,6 +26,7 @@ from moslim_pl.data.encoding import PairEncoding
 from moslim_pl.errors import MoslimError
 from moslim_pl.models.backbone import is_encoder, load_backbone, load_tokenizer
 from moslim_pl.models.io import atomic_folder
+from moslim_pl.models.lora import is_lora, merged_copy
 from moslim_pl.models.sharding import is_sharded
 from moslim_pl.prefix import parse_prefix
 from moslim_pl.schema import Dimension, check_dimensions, default_targets
@@ -69,7 +70,8 @@ class MultiHeadRewardModel(nn.Module):
     """A backbone with one ``nn.Linear(hidden, num_levels)`` head per preference dimension.
 
     Args:
-        backbone: a base model without LM head (``AutoModel``), returning ``last_hidden_state``.
+        backbone: a base model without LM head (``AutoModel``), returning ``last_hidden_state``; it may
+            be wrapped with LoRA adapters (``apply_lora(..., task_type="FEATURE_EXTRACTION")``).
         dimensions: the schema; head order follows it.
         pooling: ``"auto"`` (``"last"`` for decoders, ``"mean"`` for encoders), ``"last"`` (last attended
             token, for left or right padding), ``"cls"`` (first attended token, i.e. position 0 under right
@@ -277,7 +279,8 @@ class MultiHeadRewardModel(nn.Module):
         the tokenizer's files, ``moslim_rm.json`` (schema, pooling, encoding) and ``heads.safetensors``
         (heads and running statistics). An existing folder is replaced only once the new one is complete.
         ``state_dict``: the full weights to write instead of the module's own (a sharded model's,
-        gathered with ``moslim_pl.models.sharding.full_state_dict``).
+        gathered with ``moslim_pl.models.sharding.full_state_dict``). A backbone with LoRA adapters
+        (``RewardModelModule(lora=...)``) is written merged, as the plain backbone.
         """
         backbone_state = None
         if state_dict is not None:
@@ -286,8 +289,12 @@ class MultiHeadRewardModel(nn.Module):
                 for key, value in state_dict.items()
                 if key.startswith("backbone.")
             }
+        backbone = self.backbone
+        if is_lora(backbone):
+            # LoRA adapters merged into the weights: the export is a plain backbone (no PEFT needed to load)
+            backbone, backbone_state = merged_copy(backbone, backbone_state), None
         with atomic_folder(folder) as staging:
-            self.backbone.save_pretrained(staging, state_dict=backbone_state)
+            backbone.save_pretrained(staging, state_dict=backbone_state)
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(staging)
             save_file(self._head_state(state_dict), staging / HEADS_FILE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +16,13 @@ from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from moslim_pl.data.encoding import PairEncoding
+from moslim_pl.data.sources import as_dataclass
 from moslim_pl.data.types import IGNORE_LABEL, RewardBatch
 from moslim_pl.errors import MoslimError
 from moslim_pl.evaluation.plots import confusion_matrix_image
 from moslim_pl.losses import multi_head_cross_entropy, pair_scores
 from moslim_pl.models.backbone import load_backbone, load_tokenizer
+from moslim_pl.models.lora import LoRAConfig, apply_lora
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.models.sharding import fsdp1_root, full_state_dict, is_rank_zero, shard_mesh, shard_model
 from moslim_pl.modules.optim import adamw_with_warmup
@@ -59,6 +62,9 @@ class RewardModelModule(LightningModule):
         head_learning_rate: learning rate of the freshly initialized heads (default: ``learning_rate``);
             a pretrained backbone wants a small rate, new heads a larger one.
         trust_remote_code, gguf_file: passed to ``from_pretrained``.
+        lora: train LoRA adapters on the backbone instead of its weights (the heads stay fully trainable);
+            the export merges them, so it is a plain backbone that ``MultiHeadRewardModel.from_pretrained``
+            reloads. ``target_modules: [all-linear]`` takes every linear layer of the backbone.
     """
 
     def __init__(
@@ -76,9 +82,12 @@ class RewardModelModule(LightningModule):
         warmup_steps: int = 0,
         trust_remote_code: bool = False,
         gguf_file: str | None = None,
+        lora: LoRAConfig | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.lora = as_dataclass(LoRAConfig, lora)
+        self.hparams["lora"] = None if self.lora is None else asdict(self.lora)  # plain, for checkpoints
         self.tokenizer_name = backbone
         self.encoding = PairEncoding(max_length, chat_template, max_prompt_length)
         self.rm: MultiHeadRewardModel | None = None
@@ -100,6 +109,14 @@ class RewardModelModule(LightningModule):
                 tokenizer=tokenizer,
                 encoding=self.encoding,
             )
+            if self.lora is not None:
+                # before any sharding (configure_model): FSDP2 then wraps the adapted blocks
+                self.rm.backbone = apply_lora(self.rm.backbone, self.lora, task_type="FEATURE_EXTRACTION")
+                trainable = sum(p.numel() for p in self.rm.parameters() if p.requires_grad)
+                total = sum(p.numel() for p in self.rm.parameters())
+                log.info(
+                    "LoRA reward model: %d of %d parameters train (adapters and heads)", trainable, total
+                )
             self.val_metrics = nn.ModuleDict({d.name: _head_metrics(d.num_levels) for d in dimensions})
             self.val_pair_acc = MeanMetric()
         # from_pretrained returns modules in eval mode, and Lightning keeps each submodule's mode:
