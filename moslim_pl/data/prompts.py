@@ -9,11 +9,9 @@ and a checkpoint resumes the same sequence (the sampler's state travels in the d
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import datasets
@@ -22,6 +20,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from moslim_pl.data.preference import check_loader_args, prefetch_sources, split_by_prompt, take_sources
+from moslim_pl.data.prompt_file import read_prompt_file
 from moslim_pl.data.sources import (
     DataError,
     DataSource,
@@ -313,37 +312,7 @@ class PromptDataModule(LightningDataModule):
     def _read_predict_file(self) -> list[str]:
         if self.predict_file is None:
             raise MoslimError("moslim-pl predict needs data.predict_file: a .txt or .jsonl file of prompts")
-        path = Path(self.predict_file)
-        if not path.is_file():
-            raise DataError(f"predict_file {str(path)!r}: no such file")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        prompts = []
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            if path.suffix in (".jsonl", ".json"):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(
-                        f"predict_file {str(path)!r} line {i + 1}: not JSON ({err.msg})"
-                    ) from None
-                prompt = row.get(self.prompt_column) if isinstance(row, dict) else None
-                if not isinstance(prompt, str) or not prompt.strip():
-                    raise DataError(
-                        f"predict_file {str(path)!r} line {i + 1}, column {self.prompt_column!r}: "
-                        "missing or empty prompt"
-                    )
-            else:
-                prompt = line
-            try:
-                parse_prefix(prompt, self.dimensions)
-            except PrefixError as err:
-                raise DataError(f"predict_file {str(path)!r} line {i + 1}: {err}") from None
-            prompts.append(prompt)
-        if not prompts:
-            raise DataError(f"predict_file {str(path)!r}: no prompts")
-        return prompts
+        return read_prompt_file(self.predict_file, self.prompt_column, self.dimensions)
 
     def sweep_prompts(self) -> list[str]:
         """The first ``num_test_prompts`` held-out prompts, without prefix (never seen in training)."""
