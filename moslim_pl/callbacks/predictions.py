@@ -59,8 +59,11 @@ class PredictionWriter(BasePredictionWriter):
             rows = [row for part in everyone for row in part or []]
         if not trainer.is_global_zero:
             return
-        unique = {row["index"]: row for row in rows}  # the sampler's padding repeats rows
-        ordered = [unique[i] for i in sorted(unique)]
+        if all(row.get("index") is not None for row in rows):
+            unique = {row["index"]: row for row in rows}  # the sampler's padding repeats rows
+            ordered = [unique[i] for i in sorted(unique)]
+        else:  # plain prompt strings from a user's own loader: no index to order or dedupe by
+            ordered = rows
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(path) as tmp:
             tmp.write_text(

@@ -116,3 +116,15 @@ def test_predict_file_errors_name_the_line(tmp_path: Path, name: str, text: str,
         PromptDataModule(predict_file=str(tmp_path / "missing.txt")).setup("predict")
     with pytest.raises(MoslimError, match="predict_file"):
         PromptDataModule().setup("predict")
+
+
+def test_predict_on_a_plain_prompt_loader_keeps_every_row(formality_rm, rl_trainer, tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader
+
+    prompts = ["<formality 0> explain bees .", "tell me about rivers .", "hi ."]
+    out = tmp_path / "predictions.jsonl"
+    trainer = rl_trainer(1, logger=False, callbacks=[PredictionWriter(str(out))])
+    loader = DataLoader(prompts, batch_size=2, collate_fn=list)
+    trainer.predict(_module(formality_rm), loader, return_predictions=False)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["prompt"] for row in rows] == prompts and all(row["index"] is None for row in rows)
