@@ -15,9 +15,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import datasets
+import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.trainer.states import TrainerFn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from moslim_pl.data.preference import check_loader_args, prefetch_sources, split_by_prompt, take_sources
 from moslim_pl.data.prompt_file import read_prompt_file
@@ -58,12 +59,17 @@ class _Prompt(NamedTuple):
     prompt: str  # what split_by_prompt reads
 
 
-class PrefixSampler(Sampler):
+class PrefixSampler(DistributedSampler):
     """Shuffles the training prompts each epoch and draws a prefix for every (epoch, position).
 
     Yields ``(prompt_index, targets)`` with ``targets`` a ``{name: level}`` dict in schema order (empty:
-    no prefix). Lightning calls :meth:`set_epoch` before each epoch (also through its distributed
-    wrapper); a plain loop that does not advances one epoch per completed pass.
+    no prefix). Lightning calls :meth:`set_epoch` before each epoch; a plain loop that does not advances
+    one epoch per completed pass.
+
+    It shards itself across ranks (rank ``r`` of ``W`` takes positions ``r, r + W, ...`` of the epoch's
+    order, the last ones cycled so that every rank gets as many), which is why it is a
+    ``DistributedSampler``: Lightning then leaves it unwrapped. A resumed pass starts at the restored
+    position and is shorter; Lightning's own wrapper indexes a list of the whole epoch and failed on it.
 
     Args:
         num_prompts: the training prompts' count.
@@ -112,6 +118,8 @@ class PrefixSampler(Sampler):
         self.position = 0  # prompts yielded in the current epoch
         self._exhausted = False  # a pass ended and no set_epoch came since
         self._resume_at: tuple[int, int] | None = None  # (epoch, position) of a restored state
+        # DistributedSampler.__init__ is not called: it wants a dataset and a process group up front,
+        # while the ranks are read at iteration (``_ranks``).
 
     # ------------------------------------------------------------------ draws
     def targets(self, key: str) -> dict[str, int]:
@@ -135,8 +143,18 @@ class PrefixSampler(Sampler):
         self.epoch = epoch
         self._exhausted = False
 
+    @staticmethod
+    def _ranks() -> tuple[int, int]:
+        """``(world_size, rank)`` of the default process group, ``(1, 0)`` without one."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
     def __len__(self) -> int:
-        return self.num_prompts
+        """This rank's share of a whole epoch. A resumed pass yields fewer: Lightning counts the batches it
+        restored as done, so the epoch still ends after ``len`` batches in all."""
+        world, _ = self._ranks()
+        return -(-self.num_prompts // world)
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, int]]]:
         if self._exhausted:
@@ -147,7 +165,12 @@ class PrefixSampler(Sampler):
         self._resume_at, self._exhausted = None, False
         epoch = self.epoch
         order = self.order(epoch)
-        for position in range(start, len(order)):
+        world, rank = self._ranks()
+        positions = list(range(start, len(order)))
+        share = -(-len(positions) // world)
+        if positions:  # cycle the pass so that every rank takes the same number of prompts
+            positions = [positions[i % len(positions)] for i in range(share * world)]
+        for position in positions[rank::world]:
             self.position = position + 1
             yield order[position], self.targets(f"{epoch}:{position}")
         self._exhausted = True

@@ -188,3 +188,27 @@ def test_sft_under_fsdp2_exports_a_causal_lm(tmp_path):
     run = only_run(save_dir)
     lm = load_causal_lm(str(run / "export"))
     assert_export_matches(lm, checkpoint_state(run / "checkpoints" / "last.ckpt", tmp_path), "lm.")
+
+
+@pytest.mark.slow
+def test_rloo_resumes_mid_epoch_under_fsdp2(tiny_rm, tmp_path):
+    # The prompt sampler shards itself across ranks; Lightning's wrapper used to index past the end of a
+    # resumed (shorter) pass. Resuming at step 2 must run steps 3 and 4 and keep the prompt stream.
+    common = [
+        "--config", str(RLOO_CONFIG), *preset("fsdp2"), *TWO_CPUS,
+        "--model.policy=moslim/tiny-llama", f"--model.reward_model={tiny_rm}", "--model.max_new_tokens=8",
+        "--model.num_samples=2",
+        '--model.tiny_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, '
+        '"intermediate_size": 64}',
+        "--data.init_args.batch_size=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0", "--trainer.log_every_n_steps=1", "--model.log_samples_every_n_steps=1",
+    ]  # fmt: skip
+    cli("fit", *common, "--trainer.max_steps=2", f"--trainer.logger.init_args.save_dir={tmp_path / 'a'}")
+    first = only_run(tmp_path / "a")
+    cli(
+        "fit", *common, "--trainer.max_steps=4", f"--trainer.logger.init_args.save_dir={tmp_path / 'b'}",
+        f"--ckpt_path={first / 'checkpoints' / 'last.ckpt'}",
+    )  # fmt: skip
+    second = only_run(tmp_path / "b")
+    assert json.loads((second / "compute.json").read_text())["optimizer_steps"] == 4
+    assert len(read_scalars(second)["rollout/reward"]) == 2  # steps 3 and 4 only
