@@ -113,7 +113,8 @@ def build_word_tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:
 def _check_local(name_or_path: str, what: str) -> None:
     """Fail fast on a path-like name that does not exist, instead of asking the hub for it."""
     path = Path(name_or_path).expanduser()
-    looks_local = path.is_absolute() or name_or_path.startswith((".", "~"))
+    # hub ids are "name" or "owner/name": more parts (runs/x/version_0/export) can only be a folder
+    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
     if looks_local and not path.is_dir():
         raise MoslimError(f"cannot load {what} {name_or_path!r}: no such folder")
 

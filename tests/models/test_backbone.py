@@ -19,6 +19,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from moslim_pl.errors import MoslimError
 from moslim_pl.generation import encode_prompts, generate
 from moslim_pl.models import backbone
 from moslim_pl.models.backbone import (
@@ -260,3 +261,10 @@ def test_smollm2_causal_lm_stops_at_im_end_and_saves_dense(
     ids = batch.input_ids[:, -8:]
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize("name", ["runs/sft_quickstart/version_0/export", "./missing", "/no/such/folder"])
+def test_a_missing_local_folder_is_named_as_such(name: str) -> None:
+    # not the hub's "Repo id must be in the form ..." for what can only be a folder
+    with pytest.raises(MoslimError, match=f"cannot load tokenizer '{name}': no such folder"):
+        load_tokenizer(name)
