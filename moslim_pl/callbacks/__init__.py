@@ -4,6 +4,7 @@ from moslim_pl.callbacks.compute import ComputeCallback
 from moslim_pl.callbacks.controllability import ControllabilityCallback
 from moslim_pl.callbacks.export import ExportCallback
 from moslim_pl.callbacks.predictions import PredictionWriter
+from moslim_pl.callbacks.rng import RNGStateCallback
 from moslim_pl.callbacks.stats import RewardStatsCallback
 
 __all__ = [
@@ -11,5 +12,6 @@ __all__ = [
     "ControllabilityCallback",
     "ExportCallback",
     "PredictionWriter",
+    "RNGStateCallback",
     "RewardStatsCallback",
 ]
