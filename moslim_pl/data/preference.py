@@ -23,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from moslim_pl.data.collate import RewardExample, collate_reward_batch
 from moslim_pl.data.encoding import PairEncoding
+from moslim_pl.data.samplers import ResumableSampler, fit_position
 from moslim_pl.data.schemas import convert_source
 from moslim_pl.data.sources import (
     Columns,
@@ -230,6 +231,8 @@ class PreferenceDataModule(LightningDataModule):
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_dataset: list[RewardExample] | None = None
         self.val_dataset: list[RewardExample] | None = None
+        self.sampler: ResumableSampler | None = None
+        self._pending_state: dict[str, Any] | None = None
 
     @property
     def pad_token_id(self) -> int:
@@ -251,6 +254,12 @@ class PreferenceDataModule(LightningDataModule):
         self._check_every_head_has_labels(train_rows)
         self.train_dataset = self._encode(train_rows)
         self.val_dataset = self._encode(val_rows)
+        # Straight runs visit the rows in the order a seeded shuffling DataLoader did; the sampler's
+        # state travels in checkpoints, so a resumed run continues its epoch where it stopped.
+        self.sampler = ResumableSampler(len(self.train_dataset), self.seed, batch_size=self.batch_size)
+        if self._pending_state is not None:
+            self.sampler.load_state_dict(self._pending_state)
+            self._pending_state = None
         for split, rows in (("train", train_rows), ("val", val_rows)):
             pairs = sum(len(row.responses) == 2 for row in rows)
             prompts = len({row.prompt for row in rows})
@@ -310,25 +319,43 @@ class PreferenceDataModule(LightningDataModule):
             for row in rows
         ]
 
-    def _loader(self, dataset: list[RewardExample] | None, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, dataset: list[RewardExample] | None, batch_size: int, sampler: ResumableSampler | None = None
+    ) -> DataLoader:
         if dataset is None:
             raise RuntimeError("the datasets are built in setup(); call setup('fit') first")
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
-            # A fresh seeded generator per loader makes the epoch order reproducible without global seeding.
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            sampler=sampler,
+            # The loader draws its workers' base seed from this generator each pass, not from the global
+            # RNG that training draws from (as the shuffling loader this sampler replaced did).
+            generator=torch.Generator().manual_seed(self.seed) if sampler is not None else None,
             collate_fn=functools.partial(collate_reward_batch, pad_token_id=self.pad_token_id),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, self.batch_size, shuffle=True)
+        return self._loader(self.train_dataset, self.batch_size, self.sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, self.eval_batch_size, shuffle=False)
+        return self._loader(self.val_dataset, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, self.eval_batch_size, shuffle=False)
+        return self._loader(self.val_dataset, self.eval_batch_size)
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """The training sampler's ``{seed, epoch, position}``, saved in every checkpoint."""
+        if self.sampler is None:
+            return dict(self._pending_state or {})
+        return fit_position(self.sampler.state_dict(), self.trainer, self.batch_size)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if self.sampler is None:
+            self._pending_state = dict(state_dict)
+        else:
+            self.sampler.load_state_dict(state_dict)

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import datasets
-import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.trainer.states import TrainerFn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from moslim_pl.data.preference import check_loader_args, prefetch_sources, split_by_prompt, take_sources
 from moslim_pl.data.prompt_file import read_prompt_file
+from moslim_pl.data.samplers import ResumableSampler, fit_position
 from moslim_pl.data.sources import (
     DataError,
     DataSource,
@@ -59,17 +58,12 @@ class _Prompt(NamedTuple):
     prompt: str  # what split_by_prompt reads
 
 
-class PrefixSampler(DistributedSampler):
+class PrefixSampler(ResumableSampler):
     """Shuffles the training prompts each epoch and draws a prefix for every (epoch, position).
 
     Yields ``(prompt_index, targets)`` with ``targets`` a ``{name: level}`` dict in schema order (empty:
-    no prefix). Lightning calls :meth:`set_epoch` before each epoch; a plain loop that does not advances
-    one epoch per completed pass.
-
-    It shards itself across ranks (rank ``r`` of ``W`` takes positions ``r, r + W, ...`` of the epoch's
-    order, the last ones cycled so that every rank gets as many), which is why it is a
-    ``DistributedSampler``: Lightning then leaves it unwrapped. A resumed pass starts at the restored
-    position and is shorter; Lightning's own wrapper indexes a list of the whole epoch and failed on it.
+    no prefix). Epochs, resuming and the sharding across ranks are :class:`ResumableSampler`'s; the
+    order is its own (``random.Random``, seeded by ``(seed, epoch)``).
 
     Args:
         num_prompts: the training prompts' count.
@@ -80,6 +74,8 @@ class PrefixSampler(DistributedSampler):
         size_weights: relative weights of the sizes ``min_dimensions..max_dimensions`` (default: uniform).
         shuffle: shuffle the prompts each epoch (else dataset order).
     """
+
+    seed_name = "prefix"
 
     def __init__(
         self,
@@ -110,16 +106,12 @@ class PrefixSampler(DistributedSampler):
                 f"positive sum, got {list(size_weights)}"
             )
         self.size_weights = list(size_weights) if size_weights is not None else None
-        self.num_prompts = num_prompts
-        self.seed = seed
         self.no_prefix_prob = no_prefix_prob
-        self.shuffle = shuffle
-        self.epoch = 0
-        self.position = 0  # prompts yielded in the current epoch
-        self._exhausted = False  # a pass ended and no set_epoch came since
-        self._resume_at: tuple[int, int] | None = None  # (epoch, position) of a restored state
-        # DistributedSampler.__init__ is not called: it wants a dataset and a process group up front,
-        # while the ranks are read at iteration (``_ranks``).
+        super().__init__(num_prompts, seed, shuffle)
+
+    @property
+    def num_prompts(self) -> int:
+        return self.num_items
 
     # ------------------------------------------------------------------ draws
     def targets(self, key: str) -> dict[str, int]:
@@ -138,59 +130,8 @@ class PrefixSampler(DistributedSampler):
             random.Random(f"moslim-prompt-order:{self.seed}:{epoch}").shuffle(indices)
         return indices
 
-    # ------------------------------------------------------------------ iteration
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self._exhausted = False
-
-    @staticmethod
-    def _ranks() -> tuple[int, int]:
-        """``(world_size, rank)`` of the default process group, ``(1, 0)`` without one."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(), torch.distributed.get_rank()
-        return 1, 0
-
-    def __len__(self) -> int:
-        """This rank's share of a whole epoch. A resumed pass yields fewer: Lightning counts the batches it
-        restored as done, so the epoch still ends after ``len`` batches in all."""
-        world, _ = self._ranks()
-        return -(-self.num_prompts // world)
-
-    def __iter__(self) -> Iterator[tuple[int, dict[str, int]]]:
-        if self._exhausted:
-            self.epoch += 1
-        start = 0
-        if self._resume_at is not None and self._resume_at[0] == self.epoch:
-            start = self._resume_at[1]
-        self._resume_at, self._exhausted = None, False
-        epoch = self.epoch
-        order = self.order(epoch)
-        world, rank = self._ranks()
-        positions = list(range(start, len(order)))
-        share = -(-len(positions) // world)
-        if positions:  # cycle the pass so that every rank takes the same number of prompts
-            positions = [positions[i % len(positions)] for i in range(share * world)]
-        for position in positions[rank::world]:
-            self.position = position + 1
-            yield order[position], self.targets(f"{epoch}:{position}")
-        self._exhausted = True
-
-    # ------------------------------------------------------------------ checkpointing
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume at ``state``: the next pass continues its epoch after ``position`` prompts."""
-        if int(state["seed"]) != self.seed:
-            log.warning(
-                "the checkpoint's prefix seed %s replaces the configured seed %s", state["seed"], self.seed
-            )
-            self.seed = int(state["seed"])
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if position >= self.num_prompts:  # the epoch had ended
-            epoch, position = epoch + 1, 0
-        self.epoch, self.position = epoch, position
-        self._resume_at, self._exhausted = (epoch, position), False
+    def item(self, epoch: int, position: int, index: int) -> tuple[int, dict[str, int]]:
+        return index, self.targets(f"{epoch}:{position}")
 
 
 class _PrefixedPrompts(Dataset):
@@ -405,14 +346,7 @@ class PromptDataModule(LightningDataModule):
         """The prefix sampler's ``{seed, epoch, position}``, saved in every checkpoint."""
         if self.sampler is None:
             return dict(self._pending_state or {})
-        state = self.sampler.state_dict()
-        trainer = self.trainer
-        if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
-            # The loader runs ahead of training (prefetch, workers): count the batches trained instead.
-            # Each rank takes every world_size-th prompt of the sampler's order (Lightning's wrapper).
-            batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-            state["position"] = batches * self.batch_size * trainer.world_size
-        return state
+        return fit_position(self.sampler.state_dict(), self.trainer, self.batch_size)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:

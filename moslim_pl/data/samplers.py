@@ -1,0 +1,149 @@
+"""A resumable, self-sharding training sampler: its order is a pure function of ``(seed, epoch)``.
+
+:class:`ResumableSampler` yields item indices; its ``state_dict`` ``{seed, epoch, position}`` travels in a
+datamodule's ``state_dict`` so that a run killed mid-epoch resumes at the same place in the same order.
+:class:`moslim_pl.data.prompts.PrefixSampler` builds on it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.utils.data import DistributedSampler
+
+log = logging.getLogger(__name__)
+
+
+class ResumableSampler(DistributedSampler):
+    """Shuffles ``num_items`` indices each epoch and resumes mid-epoch from a ``state_dict``.
+
+    Epoch ``e``'s order is the one a ``DataLoader(shuffle=True, generator=torch.Generator().manual_seed(
+    seed))`` visits in its ``e``-th pass under Lightning (the generator's draws are replayed), so swapping
+    that loader for this sampler keeps a straight run's order. Lightning calls :meth:`set_epoch` before each epoch; a plain
+    loop that does not advances one epoch per completed pass.
+
+    It shards itself across ranks (rank ``r`` of ``W`` takes positions ``r, r + W, ...`` of the epoch's
+    order, the last ones cycled so that every rank gets as many), which is why it is a
+    ``DistributedSampler``: Lightning then leaves it unwrapped. A resumed pass starts at the restored
+    position and is shorter; Lightning's own wrapper indexes a list of the whole epoch and failed on it.
+
+    Subclasses change :meth:`order` (the visiting order) and :meth:`item` (what is yielded for a position).
+
+    Args:
+        num_items: the dataset's length.
+        seed: seeds the order.
+        shuffle: shuffle the items each epoch (else dataset order).
+        batch_size: the batch size of the loader whose order is replayed (with ``drop_last=False``); it
+            decides whether a pass ended with an extra draw. ``None``: as if ``num_items`` were a multiple.
+    """
+
+    #: names the seed in the warning of a checkpoint that brings another one
+    seed_name = "sampler"
+
+    def __init__(
+        self, num_items: int, seed: int = 0, shuffle: bool = True, batch_size: int | None = None
+    ) -> None:
+        self.num_items = num_items
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.position = 0  # items yielded in the current epoch
+        self._exhausted = False  # a pass ended and no set_epoch came since
+        self._resume_at: tuple[int, int] | None = None  # (epoch, position) of a restored state
+        # DistributedSampler.__init__ is not called: it wants a dataset and a process group up front,
+        # while the ranks are read at iteration (``_ranks``).
+
+    def order(self, epoch: int) -> list[int]:
+        """The item indices of ``epoch`` in visiting order."""
+        if not self.shuffle:
+            return list(range(self.num_items))
+        # Replays a seeded DataLoader's generator as Lightning drives it: each pass draws the loader's
+        # base seed, then the RandomSampler's permutation. Lightning stops after ``len`` batches, so the
+        # RandomSampler's closing (empty-sliced) permutation is drawn only when the batch sampler has to
+        # exhaust it to yield a partial last batch.
+        closing = self.batch_size is not None and self.num_items % self.batch_size != 0
+        generator = torch.Generator().manual_seed(self.seed)
+        for _ in range(epoch + 1):
+            torch.empty((), dtype=torch.int64).random_(generator=generator)
+            order = torch.randperm(self.num_items, generator=generator).tolist()
+            if closing:
+                torch.randperm(self.num_items, generator=generator)
+        return order
+
+    def item(self, epoch: int, position: int, index: int) -> Any:
+        """What the sampler yields at ``position`` of ``epoch``, whose order puts ``index`` there."""
+        return index
+
+    # ------------------------------------------------------------------ iteration
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._exhausted = False
+
+    @staticmethod
+    def _ranks() -> tuple[int, int]:
+        """``(world_size, rank)`` of the default process group, ``(1, 0)`` without one."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(), torch.distributed.get_rank()
+        return 1, 0
+
+    def __len__(self) -> int:
+        """This rank's share of a whole epoch. A resumed pass yields fewer: Lightning counts the batches it
+        restored as done, so the epoch still ends after ``len`` batches in all."""
+        world, _ = self._ranks()
+        return -(-self.num_items // world)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._exhausted:
+            self.epoch += 1
+        start = 0
+        if self._resume_at is not None and self._resume_at[0] == self.epoch:
+            start = self._resume_at[1]
+        self._resume_at, self._exhausted = None, False
+        epoch = self.epoch
+        order = self.order(epoch)
+        world, rank = self._ranks()
+        positions = list(range(start, len(order)))
+        share = -(-len(positions) // world)
+        if positions:  # cycle the pass so that every rank takes the same number of items
+            positions = [positions[i % len(positions)] for i in range(share * world)]
+        for position in positions[rank::world]:
+            self.position = position + 1
+            yield self.item(epoch, position, order[position])
+        self._exhausted = True
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume at ``state``: the next pass continues its epoch after ``position`` items."""
+        if int(state["seed"]) != self.seed:
+            log.warning(
+                "the checkpoint's %s seed %s replaces the configured seed %s",
+                self.seed_name,
+                state["seed"],
+                self.seed,
+            )
+            self.seed = int(state["seed"])
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if position >= self.num_items:  # the epoch had ended
+            epoch, position = epoch + 1, 0
+        self.epoch, self.position = epoch, position
+        self._resume_at, self._exhausted = (epoch, position), False
+
+
+def fit_position(state: dict[str, int], trainer: Any, batch_size: int) -> dict[str, int]:
+    """``state`` with ``position`` counted from the batches trained, while ``trainer`` fits.
+
+    The loader runs ahead of training (prefetch, workers), so the sampler's own position is past the
+    batches done; each rank takes every world_size-th item of the sampler's order.
+    """
+    if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        state = {**state, "position": batches * batch_size * trainer.world_size}
+    return state
