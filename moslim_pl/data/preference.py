@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from moslim_pl.data.collate import RewardExample, collate_reward_batch
 from moslim_pl.data.encoding import PairEncoding
-from moslim_pl.data.samplers import ResumableSampler, fit_position
+from moslim_pl.data.samplers import ResumableSampler, SamplerStateMixin
 from moslim_pl.data.schemas import convert_source
 from moslim_pl.data.sources import (
     Columns,
@@ -137,7 +137,7 @@ def take_sources(
             )
 
 
-class PreferenceDataModule(LightningDataModule):
+class PreferenceDataModule(SamplerStateMixin, LightningDataModule):
     """Pointwise and pairwise preference data for the multi-head reward model.
 
     Args:
@@ -344,18 +344,3 @@ class PreferenceDataModule(LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, self.eval_batch_size)
-
-    # ------------------------------------------------------------------ checkpointing
-    def state_dict(self) -> dict[str, Any]:
-        """The training sampler's ``{seed, epoch, position}``, saved in every checkpoint."""
-        if self.sampler is None:
-            return dict(self._pending_state or {})
-        return fit_position(self.sampler.state_dict(), self.trainer, self.batch_size)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
-            return
-        if self.sampler is None:
-            self._pending_state = dict(state_dict)
-        else:
-            self.sampler.load_state_dict(state_dict)

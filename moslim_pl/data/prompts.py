@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from moslim_pl.data.preference import check_loader_args, prefetch_sources, split_by_prompt, take_sources
 from moslim_pl.data.prompt_file import read_prompt_file
-from moslim_pl.data.samplers import ResumableSampler, fit_position
+from moslim_pl.data.samplers import ResumableSampler, SamplerStateMixin
 from moslim_pl.data.sources import (
     DataError,
     DataSource,
@@ -152,7 +152,7 @@ def _collate(prompts: list[str]) -> list[str]:
     return list(prompts)
 
 
-class PromptDataModule(LightningDataModule):
+class PromptDataModule(SamplerStateMixin, LightningDataModule):
     """Prompts for the policy, each batch a ``list[str]`` of prompts with their prefix already written.
 
     Args:
@@ -340,18 +340,3 @@ class PromptDataModule(LightningDataModule):
             self.setup("predict")
         rows = [{"index": i, "prompt": p} for i, p in enumerate(self.predict_prompts)]
         return DataLoader(rows, batch_size=self.eval_batch_size, collate_fn=list)
-
-    # ------------------------------------------------------------------ checkpointing
-    def state_dict(self) -> dict[str, Any]:
-        """The prefix sampler's ``{seed, epoch, position}``, saved in every checkpoint."""
-        if self.sampler is None:
-            return dict(self._pending_state or {})
-        return fit_position(self.sampler.state_dict(), self.trainer, self.batch_size)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
-            return
-        if self.sampler is None:
-            self._pending_state = dict(state_dict)
-        else:
-            self.sampler.load_state_dict(state_dict)

@@ -147,3 +147,27 @@ def fit_position(state: dict[str, int], trainer: Any, batch_size: int) -> dict[s
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         state = {**state, "position": batches * batch_size * trainer.world_size}
     return state
+
+
+class SamplerStateMixin:
+    """``state_dict`` / ``load_state_dict`` of a LightningDataModule whose train loader draws from
+    ``self.sampler`` (a :class:`ResumableSampler`, ``None`` until ``setup``); a state loaded before
+    ``setup`` waits in ``self._pending_state`` for ``setup`` to apply it. Needs ``batch_size``."""
+
+    sampler: ResumableSampler | None
+    _pending_state: dict[str, Any] | None
+    batch_size: int
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training sampler's ``{seed, epoch, position}``, saved in every checkpoint."""
+        if self.sampler is None:
+            return dict(self._pending_state or {})
+        return fit_position(self.sampler.state_dict(), self.trainer, self.batch_size)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if self.sampler is None:
+            self._pending_state = dict(state_dict)
+        else:
+            self.sampler.load_state_dict(state_dict)
