@@ -25,3 +25,26 @@ def float32_metrics(module: nn.Module) -> None:
             and any(t.dtype != torch.float32 for t in tensors)
         ):
             metric.set_dtype(torch.float32)
+
+
+class MetricEvalHooks:
+    """Lightning evaluation hooks of a module that keeps torchmetrics and reports them per stage.
+
+    Before validation and test the metrics are made float32 again (see :func:`float32_metrics`); at the
+    end of each epoch ``self._eval_epoch_end("val" | "test")`` logs and resets them.
+    """
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        raise NotImplementedError
+
+    def on_validation_start(self) -> None:
+        float32_metrics(self)
+
+    def on_test_start(self) -> None:
+        float32_metrics(self)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")

@@ -26,7 +26,7 @@ from moslim_pl.models.lora import LoRAConfig, apply_lora
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.models.sharding import fsdp1_root, full_state_dict, is_rank_zero, shard_mesh, shard_model
 from moslim_pl.modules.optim import adamw_with_warmup
-from moslim_pl.modules.precision import float32_metrics
+from moslim_pl.modules.precision import MetricEvalHooks
 from moslim_pl.rewards.mapping import expected_level
 from moslim_pl.schema import Dimension, check_dimensions
 
@@ -46,7 +46,7 @@ def _head_metrics(num_levels: int) -> MetricCollection:
     )
 
 
-class RewardModelModule(LightningModule):
+class RewardModelModule(MetricEvalHooks, LightningModule):
     """Trains :class:`MultiHeadRewardModel`; logs ``train/loss``, ``val/acc/<head>`` and friends.
 
     Args:
@@ -215,18 +215,6 @@ class RewardModelModule(LightningModule):
                     logger.experiment.add_image(
                         f"{stage}/confusion/{dim.name}", image, self.global_step, dataformats="HWC"
                     )
-
-    def on_validation_start(self) -> None:
-        float32_metrics(self)  # bf16-true casts the metric sums too (see moslim_pl.modules.precision)
-
-    def on_test_start(self) -> None:
-        float32_metrics(self)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
 
     # ------------------------------------------------------------------ optimisation and export
     def configure_optimizers(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.models.io import save_pretrained_atomic
 from moslim_pl.models.sharding import fsdp1_root, shard_mesh, shard_model
 from moslim_pl.modules.optim import adamw_with_warmup
-from moslim_pl.modules.precision import float32_metrics
+from moslim_pl.modules.precision import MetricEvalHooks
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def response_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return nll, (targets != IGNORE_LABEL).sum()
 
 
-class SFTModule(LightningModule):
+class SFTModule(MetricEvalHooks, LightningModule):
     """Fine-tunes a causal LM on (prompt, response) pairs; logs ``train/loss``, ``val/loss``, ``val/ppl``.
 
     The losses are means over response tokens (every token weighs the same, whatever its row's length).
@@ -136,18 +136,6 @@ class SFTModule(LightningModule):
         with torch.inference_mode(False):
             self.val_nll.reset()
             self.val_tokens.reset()
-
-    def on_validation_start(self) -> None:
-        float32_metrics(self)  # bf16-true casts the metric sums too (see moslim_pl.modules.precision)
-
-    def on_test_start(self) -> None:
-        float32_metrics(self)
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
