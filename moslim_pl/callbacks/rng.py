@@ -5,6 +5,9 @@ different stream than the run it continues. This callback keeps one rule in ever
 the start of training step ``k + 1`` is the state at the end of step ``k``. Whatever happens in between
 (validation rollouts, a new epoch's dataloader iterator, a resume's setup) draws nothing that training
 sees. The end-of-step state is what a checkpoint saves; a resumed run installs it before its first step.
+
+Every rank has its own streams (they sample different rollouts), so a checkpoint carries one state per
+rank, gathered when it is written; a run resumed on the same number of ranks installs each rank's own.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 
 
 def _numpy_state() -> tuple[str, torch.Tensor, int, int, float]:
@@ -45,8 +49,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _rank_and_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _gather(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every rank's ``state``, in rank order (a collective when the run is distributed)."""
+    _, world = _rank_and_world()
+    if world == 1:
+        return [state]
+    states: list[Any] = [None] * world
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
 class RNGStateCallback(Callback):
-    """Saves the RNG states at the end of each training step; restores them before the next step."""
+    """Saves the RNG states at the end of each training step; restores them before the next step.
+
+    The checkpoint holds ``{"rng": [state of rank 0, state of rank 1, ...]}``. Resuming on another number of
+    ranks installs rank 0's state on rank 0 only and leaves the other ranks seeded as they start (with a
+    warning): the run goes on, but not exactly as it would have.
+    """
 
     def __init__(self) -> None:
         self._state: dict[str, Any] | None = None
@@ -63,7 +88,22 @@ class RNGStateCallback(Callback):
         self._state = get_rng_state()
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self._state is None else {"rng": self._state}
+        # every rank builds the checkpoint dict (only rank 0 writes it), so the gather is matched
+        return {} if self._state is None else {"rng": _gather(self._state)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._state = state_dict.get("rng")
+        states = state_dict.get("rng")
+        if isinstance(states, dict):  # written by a version that saved rank 0's state only
+            states = [states]
+        if not states:
+            self._state = None
+            return
+        rank, world = _rank_and_world()
+        if len(states) == world:
+            self._state = states[rank]
+            return
+        rank_zero_warn(
+            f"RNGStateCallback: the checkpoint holds RNG states of {len(states)} rank(s), this run has "
+            f"{world}; only rank 0's state is restored, so the resumed run is not an exact continuation"
+        )
+        self._state = states[0] if rank == 0 else None

@@ -6,6 +6,7 @@ import io
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from moslim_pl.callbacks import RNGStateCallback
@@ -57,4 +58,43 @@ def test_empty_state_changes_nothing() -> None:
     state = get_rng_state()
     callback.on_train_batch_start(None, None, None, 0)  # type: ignore[arg-type]
     set_rng_state(state)
+    assert torch.equal(torch.get_rng_state(), state["torch"])
+
+
+def _state_after(seed: int) -> dict:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    return get_rng_state()
+
+
+def test_each_rank_restores_its_own_state(monkeypatch) -> None:
+    states = [_state_after(1), _state_after(2)]
+    for rank in (0, 1):
+        monkeypatch.setattr("moslim_pl.callbacks.rng._rank_and_world", lambda rank=rank: (rank, 2))
+        callback = RNGStateCallback()
+        callback.load_state_dict({"rng": states})
+        callback.on_train_batch_start(None, None, None, 0)  # type: ignore[arg-type]
+        assert torch.equal(torch.get_rng_state(), states[rank]["torch"])
+
+
+def test_another_world_size_restores_rank_zero_only_and_warns(monkeypatch) -> None:
+    states = [_state_after(1), _state_after(2)]
+    monkeypatch.setattr("moslim_pl.callbacks.rng._rank_and_world", lambda: (1, 4))
+    callback = RNGStateCallback()
+    with pytest.warns(UserWarning, match="RNG states of 2 rank"):
+        callback.load_state_dict({"rng": states})
+    assert callback.state_dict() == {}  # rank 1 keeps its own seeding
+    monkeypatch.setattr("moslim_pl.callbacks.rng._rank_and_world", lambda: (0, 4))
+    callback.load_state_dict({"rng": states})
+    callback.on_train_batch_start(None, None, None, 0)  # type: ignore[arg-type]
+    assert torch.equal(torch.get_rng_state(), states[0]["torch"])
+
+
+def test_a_single_state_of_an_older_checkpoint_still_loads() -> None:
+    state = _state_after(3)
+    callback = RNGStateCallback()
+    callback.load_state_dict({"rng": state})
+    torch.manual_seed(0)
+    callback.on_train_batch_start(None, None, None, 0)  # type: ignore[arg-type]
     assert torch.equal(torch.get_rng_state(), state["torch"])
