@@ -46,7 +46,7 @@ def _run(command: list[str], log: Path) -> None:
 def _checkpoint_step(path: Path) -> int | None:
     """``global_step`` of a complete checkpoint at ``path``; None while absent or being written."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
+        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
     except Exception:  # absent, or a partly written file
         return None
 

@@ -43,7 +43,7 @@ def test_fsdp2_lora_reward_model_exports_the_merged_checkpoint(tmp_path: Path) -
     assert done.returncode == 0, done.stderr[-4000:]
     (run,) = save_dir.glob("*/version_0")
     dcp_to_torch_save(run / "checkpoints" / "last.ckpt", tmp_path / "full.pt")
-    state = torch.load(tmp_path / "full.pt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(tmp_path / "full.pt", map_location="cpu", weights_only=True)["state_dict"]
     hparams = yaml.safe_load((run / "hparams.yaml").read_text())  # the datamodule's are in there too
     names = inspect.signature(RewardModelModule).parameters
     kwargs = {k: v for k, v in hparams.items() if k in names} | {"dimensions": DIMENSIONS}

@@ -123,7 +123,7 @@ def test_both_critics_adaptive_kl_and_checkpoint(
 
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)
-    checkpoint = torch.load(path, weights_only=False)
+    checkpoint = torch.load(path, weights_only=True)
     assert checkpoint["kl_controller"] == {"value": module.kl_controller.value}
     restored = PPOModule.load_from_checkpoint(path)
     assert restored.kl_controller.value == module.kl_controller.value

@@ -121,7 +121,7 @@ def test_adaptive_kl_clipping_and_checkpoint(
 
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)
-    checkpoint = torch.load(path, weights_only=False)
+    checkpoint = torch.load(path, weights_only=True)
     assert checkpoint["kl_controller"] == {"value": module.kl_controller.value}
     # the frozen RM is rebuilt from its export, not stored; the reference of a randomly initialized tiny
     # policy is stored (tests/modules/test_policy_evaluation.py covers a pretrained policy's)
