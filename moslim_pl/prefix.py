@@ -51,7 +51,11 @@ def parse_prefix(text: str, dimensions: Sequence[Dimension]) -> tuple[dict[str, 
         well_formed = _WELL_FORMED.fullmatch(body)
         if well_formed is None:
             raise PrefixError("expected '<name level>' with one space and an integer level", tag, pos)
-        name, level = well_formed.group(1), int(well_formed.group(2))
+        name = well_formed.group(1)
+        try:
+            level = int(well_formed.group(2))
+        except ValueError:  # more digits than int() converts
+            raise PrefixError("the level has too many digits", tag, pos) from None
         if name not in names:
             raise PrefixError(f"unknown dimension {name!r}; known: {', '.join(names)}", tag, pos)
         dim = names[name]

@@ -41,8 +41,22 @@ class Dimension:
     default: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
-            raise SchemaError(f"dimension name {self.name!r} must be non-empty letters, digits, '_' or '-'")
+        name = self.name
+        # ASCII only: the prefix grammar (moslim_pl.prefix) reads names of ASCII letters, digits, '_', '-'
+        if (
+            not isinstance(name, str)
+            or not name.isascii()
+            or not name.replace("_", "").replace("-", "").isalnum()
+        ):
+            raise SchemaError(
+                f"dimension name {name!r} must be non-empty letters, digits, '_' or '-' (ASCII)"
+            )
+        for field in ("low", "high", "bins", "default"):
+            value = getattr(self, field)
+            if (value is not None or field in ("low", "high")) and (
+                not isinstance(value, int) or isinstance(value, bool)
+            ):
+                raise SchemaError(f"dimension {name!r}: {field} must be an integer, got {value!r}")
         if self.high <= self.low:
             raise SchemaError(f"dimension {self.name!r}: high ({self.high}) must exceed low ({self.low})")
         if self.bins is not None and not 2 <= self.bins <= self.high - self.low + 1:
@@ -102,6 +116,13 @@ def check_dimensions(dimensions: Sequence[Dimension]) -> tuple[Dimension, ...]:
     if dupes:
         raise SchemaError(f"duplicate dimension name(s): {', '.join(dupes)}")
     return dims
+
+
+def describe_dimensions(dimensions: Sequence[Dimension]) -> str:
+    """``verbosity 0..3, formality 0..2`` (names and raw ranges, with ``bins``), for messages."""
+    return ", ".join(
+        f"{d.name} {d.low}..{d.high}" + (f" in {d.bins} bins" if d.bins else "") for d in dimensions
+    )
 
 
 def default_targets(dimensions: Sequence[Dimension]) -> dict[str, int]:

@@ -39,7 +39,7 @@ from moslim_pl.data.sources import (
 )
 from moslim_pl.data.types import IGNORE_LABEL
 from moslim_pl.errors import MoslimError
-from moslim_pl.schema import Dimension
+from moslim_pl.schema import Dimension, describe_dimensions
 
 log = logging.getLogger(__name__)
 
@@ -282,11 +282,30 @@ class PreferenceDataModule(SamplerStateMixin, LightningDataModule):
     def _take_model_settings(self) -> None:
         """Fill unset tokenization settings from the LightningModule: the RM decides how it reads text."""
         module = self.trainer.lightning_module if self.trainer is not None else None
+        self._check_model_dimensions(module)
         if self.tokenizer_name is None:
             self.tokenizer_name = getattr(module, "tokenizer_name", "moslim/tiny-llama")
         base = getattr(module, "encoding", None) or PairEncoding()
         overrides = {k: v for k, v in self._encoding_overrides.items() if v is not None}
         self.encoding = replace(base, **overrides)
+
+    def _check_model_dimensions(self, module: Any) -> None:
+        """The reward model's heads, when already built (``model.dimensions``, or a checkpoint's), must be
+        the datamodule's dimensions: labels and logits would not line up."""
+        rm = getattr(module, "rm", None)
+        heads = getattr(rm, "dimensions", None)
+        if heads is None:
+            return
+
+        def spec(dims: Sequence[Dimension]) -> list[tuple]:
+            return [(d.name, d.low, d.high, d.bins) for d in dims]
+
+        if spec(heads) != spec(self.dimensions):
+            raise MoslimError(
+                f"the reward model's heads ({describe_dimensions(heads)}) do not match the data's dimensions "
+                f"({describe_dimensions(self.dimensions)}): leave model.dimensions unset (a ckpt_path sets them "
+                "to the checkpoint's)"
+            )
 
     def _load_tokenizer(self) -> PreTrainedTokenizerBase:
         from moslim_pl.models.backbone import load_tokenizer

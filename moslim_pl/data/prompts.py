@@ -30,7 +30,7 @@ from moslim_pl.data.sources import (
 )
 from moslim_pl.errors import MoslimError
 from moslim_pl.prefix import PrefixError, format_prefix, parse_prefix, strip_prefix
-from moslim_pl.schema import Dimension, check_dimensions
+from moslim_pl.schema import Dimension, check_dimensions, describe_dimensions
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,24 @@ class PromptDataModule(SamplerStateMixin, LightningDataModule):
         prompts = [strip_prefix(p, self.dimensions) for p in self.val_prompts]
         return prompts[: self.num_test_prompts]
 
+    def _check_reward_model(self) -> None:
+        """Every dimension a prefix may name must be a head of the policy's reward model, with its levels."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        heads = getattr(getattr(module, "rm", None), "dimensions", None)
+        if heads is None:
+            return
+        by_name = {d.name: d for d in heads}
+        for dim in self.dimensions:
+            head = by_name.get(dim.name)
+            if head is None or (head.min_level, head.max_level) != (dim.min_level, dim.max_level):
+                found = "no such head" if head is None else f"levels {head.min_level}..{head.max_level}"
+                raise MoslimError(
+                    f"data dimension {dim.name!r} (levels {dim.min_level}..{dim.max_level}) does not match "
+                    f"the reward model ({found}; its heads: {describe_dimensions(heads)})"
+                )
+
     def setup(self, stage: str | None = None) -> None:
+        self._check_reward_model()
         if stage == "predict":
             self.predict_prompts = self._read_predict_file()
             return

@@ -137,6 +137,9 @@ def load_source(
         extension = os.path.splitext(path)[1].lower()
         if data_files is None and extension in _BUILDERS and os.path.isfile(path):
             path, data_files = _BUILDERS[extension], path
+        for file in [data_files] if isinstance(data_files, str) else data_files or []:
+            if isinstance(file, str) and os.path.isfile(file) and _is_blank(file):
+                raise DataError(f"{desc}: data file {file!r} is empty (no rows)")
         kwargs: dict[str, Any] = {"name": source.name, "data_files": data_files, "split": source.split}
         if source.revision is not None:
             kwargs["revision"] = source.revision
@@ -154,6 +157,15 @@ def load_source(
     if len(dataset) == 0:
         raise DataError(f"{desc}: the source has no rows")
     return dataset
+
+
+def _is_blank(file: str, chunk: int = 1 << 16) -> bool:
+    """Whether a file holds only whitespace (``datasets`` fails on those with an obscure error)."""
+    with open(file, "rb") as handle:
+        while block := handle.read(chunk):
+            if block.strip():
+                return False
+    return True
 
 
 def parse_label(value: Any) -> int | None:

@@ -313,6 +313,8 @@ class MultiHeadRewardModel(nn.Module):
     ) -> MultiHeadRewardModel:
         """Reload an export of :meth:`save_pretrained` (backbone, tokenizer, schema, heads and statistics)."""
         folder = Path(folder)
+        if not folder.is_dir():
+            raise MoslimError(f"cannot load reward model {str(folder)!r}: no such folder")
         config = _read_config(folder)
         has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
         tokenizer = load_tokenizer(str(folder)) if has_tokenizer else None

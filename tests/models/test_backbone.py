@@ -263,7 +263,7 @@ def test_smollm2_causal_lm_stops_at_im_end_and_saves_dense(
         torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits)
 
 
-@pytest.mark.parametrize("name", ["runs/sft_quickstart/version_0/export", "./missing", "/no/such/folder"])
+@pytest.mark.parametrize("name", ["runs/no_such_run/version_0/export", "./missing", "/no/such/folder"])
 def test_a_missing_local_folder_is_named_as_such(name: str) -> None:
     # not the hub's "Repo id must be in the form ..." for what can only be a folder
     with pytest.raises(MoslimError, match=f"cannot load tokenizer '{name}': no such folder"):
