@@ -2,6 +2,9 @@
 
 Runs ``moslim-pl fit`` three times with the same config and overrides: straight through; again, killed with
 SIGKILL as soon as ``last.ckpt`` holds step ``--kill_after_step``; and resumed from that ``last.ckpt``.
+Short steps (the reward model's take milliseconds) would outrun the polling, so the second run holds still
+before step ``--kill_after_step + 1`` (an added callback that sleeps; it draws no random numbers) until the
+kill arrives; ``--no_pause`` lets it run on.
 Prints each final ``val/`` scalar of the straight and the resumed run, EXACT or DIFF; exits 1 on any
 difference. Example (the overrides after ``--`` go to every run)::
 
@@ -86,6 +89,25 @@ def _run_and_kill(command: list[str], save_dir: Path, step: int, log: Path, time
     raise SystemExit(f"no last.ckpt with step {step} under {save_dir} within {timeout} s")
 
 
+_PAUSE_MODULE = """
+import os, time
+from lightning.pytorch import Callback
+
+class PauseAtStep(Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == int(os.environ["RESUME_CHECK_PAUSE_AT"]):
+            time.sleep(3600)  # last.ckpt of this step is written; wait for the SIGKILL
+"""
+
+
+def _pausing(command: list[str], out: Path, step: int) -> list[str]:
+    """``command`` with a callback that stops before step ``step + 1`` (the environment says which)."""
+    (out / "resume_check_pause.py").write_text(_PAUSE_MODULE)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(out), os.environ.get("PYTHONPATH")]))
+    os.environ["RESUME_CHECK_PAUSE_AT"] = str(step)
+    return [*command, "--trainer.callbacks+=resume_check_pause.PauseAtStep"]
+
+
 def _final_val(save_dir: Path) -> dict[str, float]:
     return {tag: values[-1] for tag, values in read_scalars(save_dir).items() if tag.startswith("val/")}
 
@@ -102,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the checkpoint")
     parser.add_argument("--skip_straight", action="store_true", help="reuse <out>/straight from a former run")
+    parser.add_argument("--no_pause", action="store_true", help="do not hold the run to kill at the step")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out: Path = args.out
@@ -114,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         _run(_command(args.config, out / "straight", extra), out / "straight.log")
         print(f"straight run done in {time.monotonic() - started:.0f} s")
     command = _command(args.config, out / "killed", extra)
+    if not args.no_pause:
+        command = _pausing(command, out, args.kill_after_step)
     last = _run_and_kill(command, out / "killed", args.kill_after_step, out / "killed.log", args.timeout)
     _run(_command(args.config, out / "resumed", extra, ckpt_path=last), out / "resumed.log")
     print(f"all runs done in {time.monotonic() - started:.0f} s")
