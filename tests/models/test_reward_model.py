@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,6 +206,8 @@ def test_export_round_trip(name: str, tokenizer, tmp_path) -> None:
         "moslim_rm.json",
         "heads.safetensors",
     } <= names
+    # safe to load: weights are safetensors, nothing is pickled (no .bin / .pt / .pkl)
+    assert {Path(n).suffix for n in names} <= {".json", ".safetensors", ".jinja", ".txt", ".model"}, names
     meta = json.loads((folder / "moslim_rm.json").read_text())
     assert meta["format_version"] == 1 and meta["pooling"] == model.pooling
     assert meta["dimensions"] == [d.to_dict() for d in DIMS]
