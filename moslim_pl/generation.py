@@ -204,7 +204,7 @@ def _sample_next(
     """``logits [N, V]`` -> next tokens ``[N]``: greedy at temperature 0, else nucleus sampling."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    logits = logits.float() if temperature == 1.0 else logits.float() / temperature
     if top_p < 1.0:
         sorted_logits, order = logits.sort(-1, descending=True)
         probs = sorted_logits.softmax(-1)
@@ -252,25 +252,32 @@ def _sample(
     """
     logits, cache = _prefill(model, input_ids, attention_mask, num_samples)
     cache_name = _cache_name(model)
-    mask = attention_mask.repeat_interleave(num_samples, 0)
-    finished = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
+    accepted = _accepted_arguments(type(_base_model(model)))
+    prompt_mask = attention_mask.repeat_interleave(num_samples, 0)
+    rows, width = prompt_mask.shape
+    # The mask of every step is a prefix of one preallocated mask (no concatenation per step), and each
+    # step's position is the previous one plus 1 (no cumulative sum over the whole mask).
+    mask = torch.cat([prompt_mask, prompt_mask.new_ones((rows, max_new_tokens))], dim=1)
+    position = positions_from_mask(prompt_mask)[:, -1:]
+    finished = torch.zeros(rows, dtype=torch.bool, device=mask.device)
+    pad = torch.full((rows,), pad_token_id, dtype=torch.long, device=mask.device)
     tokens, alive = [], []
     for step in range(max_new_tokens):
         token = _sample_next(logits, temperature, top_p, generator)
-        token = torch.where(finished, torch.full_like(token, pad_token_id), token)
+        token = torch.where(finished, pad, token)
         tokens.append(token)
         alive.append(~finished)
-        finished = finished | torch.isin(token, eos_ids)
+        finished = finished | (token[:, None] == eos_ids).any(-1)
         if step == max_new_tokens - 1 or not any_rank(~finished.all(), lockstep):
             break
         # Finished rows keep decoding pad tokens (cheaper than compacting the cache); they are masked.
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
-        out = model(
-            input_ids=token[:, None],
-            use_cache=True,
-            **{cache_name: cache},
-            **_forward_kwargs(model, mask, 1, 1),
-        )
+        position = position + 1
+        kwargs: dict[str, Any] = {"attention_mask": mask[:, : width + step + 1]}
+        if "position_ids" in accepted:
+            kwargs["position_ids"] = position
+        if "logits_to_keep" in accepted:
+            kwargs["logits_to_keep"] = 1
+        out = model(input_ids=token[:, None], use_cache=True, **{cache_name: cache}, **kwargs)
         logits, cache = out.logits[:, -1], getattr(out, cache_name)
     return torch.stack(tokens, 1), torch.stack(alive, 1).long()
 

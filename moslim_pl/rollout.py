@@ -27,6 +27,7 @@ from moslim_pl.errors import MoslimError
 from moslim_pl.generation import (  # noqa: F401  (re-exported: one import for a whole RL step)
     PromptBatch,
     Rollout,
+    _cache_name,
     _forward_kwargs,
     encode_prompts,
     generate,
@@ -60,22 +61,73 @@ class RewardOutput(NamedTuple):
 
 
 def response_logits(
-    model: nn.Module, sequences: Tensor, attention_mask: Tensor, prompt_length: int, temperature: float = 1.0
+    model: nn.Module,
+    sequences: Tensor,
+    attention_mask: Tensor,
+    prompt_length: int,
+    temperature: float = 1.0,
+    group_size: int = 1,
 ) -> Tensor:
     """Float32 logits predicting each response token, divided by ``temperature``: ``[N, R, V]``.
 
     ``sequences [N, P + R]`` and ``attention_mask [N, P + R]`` as in :class:`Rollout`. Position ids come
     from the mask, so a left-padded row gives the logits of its unpadded sequence. Grad follows the
     caller's mode.
+
+    ``group_size = k > 1`` says that rows ``b * k .. b * k + k - 1`` share their prompt columns (a rollout of
+    ``k`` samples per prompt): each prompt then runs once and its KV cache is repeated for the ``k`` rows,
+    which run only their response tokens, as :func:`generate` does. The logits are those of the full
+    sequences up to float rounding, and the gradient flows through the shared prompt too. Rows that do not
+    share their prompt, or a model without a repeatable cache, take the full-sequence pass.
     """
     if temperature <= 0:
         raise MoslimError(f"log-probs need a temperature > 0, got {temperature}")
-    num_response = sequences.shape[1] - prompt_length
-    # Only the last R + 1 positions predict response tokens: skip the LM head on the prompt.
-    kwargs = _forward_kwargs(model, attention_mask, sequences.shape[1], num_response + 1)
-    out = model(input_ids=sequences, use_cache=False, **kwargs)
-    logits = out.logits[:, -(num_response + 1) : -1]
-    return logits.float() / temperature
+    logits = None
+    if group_size > 1:
+        logits = _shared_prompt_logits(model, sequences, attention_mask, prompt_length, group_size)
+    if logits is None:
+        num_response = sequences.shape[1] - prompt_length
+        # Only the last R + 1 positions predict response tokens: skip the LM head on the prompt.
+        kwargs = _forward_kwargs(model, attention_mask, sequences.shape[1], num_response + 1)
+        out = model(input_ids=sequences, use_cache=False, **kwargs)
+        logits = out.logits[:, -(num_response + 1) : -1]
+    logits = logits.float()
+    # At temperature 1 the division would only copy [N, R, V] floats.
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def _shared_prompt_logits(
+    model: nn.Module, sequences: Tensor, attention_mask: Tensor, prompt_length: int, group_size: int
+) -> Tensor | None:
+    """:func:`response_logits` with one prompt pass per group of ``group_size`` rows; None where it cannot."""
+    rows, width = sequences.shape
+    if rows % group_size or prompt_length < 1 or width == prompt_length:
+        return None
+    prompt_ids, prompt_mask = sequences[:, :prompt_length], attention_mask[:, :prompt_length]
+    first_ids, first_mask = prompt_ids[::group_size], prompt_mask[::group_size]
+    shared = torch.equal(prompt_ids, first_ids.repeat_interleave(group_size, 0)) and torch.equal(
+        prompt_mask, first_mask.repeat_interleave(group_size, 0)
+    )
+    if not shared:
+        return None
+    out = model(input_ids=first_ids, use_cache=True, **_forward_kwargs(model, first_mask, prompt_length, 1))
+    cache_name = _cache_name(model)
+    cache = getattr(out, cache_name)
+    if not hasattr(cache, "batch_repeat_interleave"):
+        return None  # a legacy tuple cache (some remote-code models)
+    first = out.logits[:, -1:].repeat_interleave(group_size, 0)  # predicts the first response token
+    if width - prompt_length == 1:
+        return first
+    cache.batch_repeat_interleave(group_size)
+    # The last response token is only a target: the pass reads the R - 1 tokens before it.
+    mask = attention_mask[:, :-1]
+    out = model(
+        input_ids=sequences[:, prompt_length:-1],
+        use_cache=True,
+        **{cache_name: cache},
+        **_forward_kwargs(model, mask, width - 1 - prompt_length, 0),
+    )
+    return torch.cat([first, out.logits], dim=1)
 
 
 def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
@@ -98,13 +150,15 @@ def sequence_logprobs(
     prompt_length: int,
     response_mask: Tensor,
     temperature: float = 1.0,
+    group_size: int = 1,
 ) -> Tensor:
     """Per-token log-probs ``[N, R]`` of the response tokens under ``model``, 0 where ``response_mask`` is 0.
 
     Use the sampling temperature, so that the log-probs are those of the distribution that sampled.
-    Works with grad (policy) and under ``no_grad``/``inference_mode`` (reference).
+    Works with grad (policy) and under ``no_grad``/``inference_mode`` (reference). ``group_size``: see
+    :func:`response_logits` (``num_samples`` of a rollout runs each prompt once).
     """
-    logits = response_logits(model, sequences, attention_mask, prompt_length, temperature)
+    logits = response_logits(model, sequences, attention_mask, prompt_length, temperature, group_size)
     logprobs = token_logprobs(logits, sequences[:, prompt_length:])
     return torch.where(response_mask.bool(), logprobs, torch.zeros_like(logprobs))
 

@@ -245,6 +245,32 @@ def test_logprobs_backpropagate_through_a_rollout(
     policy.zero_grad()
 
 
+def test_shared_prompt_pass_gives_the_full_sequence_logprobs_and_gradients(
+    policy: PreTrainedModel, tokenizer: PreTrainedTokenizerFast
+) -> None:
+    """group_size = k runs each prompt once for its k samples: same log-probs and gradients as full rows."""
+    torch.manual_seed(0)
+    rollout = generate(policy, tokenizer, _prompts(tokenizer), max_new_tokens=6, num_samples=3)
+    inputs = rollout_inputs(rollout)
+    results = []
+    for group_size in (1, 3):
+        policy.zero_grad()
+        logprobs = sequence_logprobs(policy, *inputs, group_size=group_size)
+        (-(logprobs * rollout.response_mask).sum()).backward()
+        results.append((logprobs.detach(), [p.grad.clone() for p in policy.parameters()]))
+    policy.zero_grad()
+    (full, full_grads), (shared, shared_grads) = results
+    torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-5)
+    for a, b in zip(shared_grads, full_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    # rows that do not share their prompt fall back to the full pass
+    mixed = (rollout.sequences.flip(0), rollout.attention_mask.flip(0), rollout.prompt_length)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            response_logits(policy, *mixed, group_size=2), response_logits(policy, *mixed), rtol=0, atol=0
+        )
+
+
 def test_entropy_from_logits() -> None:
     uniform = torch.zeros(2, 3, 5)
     torch.testing.assert_close(entropy_from_logits(uniform), torch.full((2, 3), math.log(5)))

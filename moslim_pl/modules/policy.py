@@ -33,7 +33,7 @@ from moslim_pl.models.backbone import TINY_BACKBONES, load_causal_lm, load_token
 from moslim_pl.models.io import save_pretrained_atomic
 from moslim_pl.models.lora import LoRAConfig, apply_lora, is_lora, merged_copy, reference_mode
 from moslim_pl.models.reward_model import MultiHeadRewardModel
-from moslim_pl.models.sharding import shard_mesh, shard_model
+from moslim_pl.models.sharding import is_sharded, shard_mesh, shard_model
 from moslim_pl.modules.optim import adamw_with_warmup
 from moslim_pl.rewards.mapping import MAPPINGS
 from moslim_pl.rollout import (
@@ -145,15 +145,25 @@ class PolicyModule(LightningModule):
         prompt_length: int,
         response_mask: Tensor,
         temperature: float,
+        group_size: int = 1,
     ) -> Tensor:
         """Per-token log-probs ``[N, R]`` under the reference (no grad): the frozen copy, or the policy
-        with its LoRA adapters disabled."""
+        with its LoRA adapters disabled. ``group_size``: rows sharing their prompt in groups of this size
+        run it once (``moslim_pl.rollout.response_logits``)."""
         inputs = (sequences, attention_mask, prompt_length, response_mask)
-        with torch.no_grad():
+        # Inference mode skips autograd's bookkeeping; not under FSDP2, whose weight buffers made there could
+        # never serve a forward pass with grad again (as in moslim_pl.generation).
+        with torch.inference_mode(not is_sharded(self.policy)), torch.no_grad():
             if self.reference is not None:
-                return sequence_logprobs(self.reference, *inputs, temperature=temperature)
-            with reference_mode(self.policy) as base:
-                return sequence_logprobs(base, *inputs, temperature=temperature)
+                logprobs = sequence_logprobs(
+                    self.reference, *inputs, temperature=temperature, group_size=group_size
+                )
+            else:
+                with reference_mode(self.policy) as base:
+                    logprobs = sequence_logprobs(
+                        base, *inputs, temperature=temperature, group_size=group_size
+                    )
+        return logprobs.clone()  # an ordinary tensor: losses with grad may use it
 
     def _prompts(self, batch: Sequence[str]) -> list[str]:
         if not isinstance(batch, (list, tuple)) or not batch or not all(isinstance(p, str) for p in batch):

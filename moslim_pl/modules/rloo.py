@@ -14,11 +14,12 @@ start of training is therefore expected.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from moslim_pl.errors import MoslimError
 from moslim_pl.losses.rloo import (
@@ -38,6 +39,26 @@ from moslim_pl.rollout import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _checkpointing(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Let Hugging Face's checkpointed blocks checkpoint although the policy stays in eval mode.
+
+    They only checkpoint in training mode; the policy is kept in eval mode (no dropout), so only the
+    blocks' own ``training`` flag is raised (not their submodules': dropout stays off) for the pass.
+    """
+    blocks = (
+        [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True] if enabled else []
+    )
+    modes = [block.training for block in blocks]
+    for block in blocks:
+        block.training = True
+    try:
+        yield
+    finally:
+        for block, mode in zip(blocks, modes, strict=True):
+            block.training = mode
 
 
 class RLOOModule(PolicyModule):
@@ -67,6 +88,13 @@ class RLOOModule(PolicyModule):
         trust_remote_code: passed to ``from_pretrained`` for the policy.
         lora: train LoRA adapters instead of the whole policy; the reference is then the policy with
             its adapters disabled (no frozen copy), and the export merges the adapters.
+        gradient_checkpointing: recompute each transformer block's activations in the backward pass of
+            the training forward instead of keeping them: less memory for more time (about one more
+            forward pass). The policy must be a Hugging Face model that supports it. The training forward
+            then runs full sequences (the shared-prompt pass needs the KV cache, which checkpointing drops).
+        compile: run the training forward through ``torch.compile(policy, dynamic=True)`` (generation and
+            the reference stay eager). The first steps pay the compilation; then it also runs full
+            sequences. Off by default: on CPUs it did not pay off in ``docs/benchmarks.md``.
     """
 
     def __init__(
@@ -97,12 +125,25 @@ class RLOOModule(PolicyModule):
         rm_batch_size: int = 16,
         trust_remote_code: bool = False,
         lora: LoRAConfig | None = None,
+        gradient_checkpointing: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self._check_arguments()
         self._build_models()
         self.kl_controller = kl_controller(kl_coef, kl_target, kl_horizon)
+        if gradient_checkpointing:
+            base = self.policy.get_base_model() if hasattr(self.policy, "get_base_model") else self.policy
+            if not getattr(base, "supports_gradient_checkpointing", False):
+                raise MoslimError(f"{type(base).__name__} does not support gradient checkpointing")
+            kwargs = {"use_reentrant": False}
+            if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        # a wrapper that shares the policy's parameters; not a child module (no second state-dict entry)
+        self.__dict__["_training_forward"] = torch.compile(self.policy, dynamic=True) if compile else None
 
     def _check_arguments(self) -> None:
         hp = self.hparams
@@ -125,14 +166,23 @@ class RLOOModule(PolicyModule):
             reward = reward - hp.missing_eos_penalty * (~rollout.finished).to(reward.dtype)
         inputs = rollout_inputs(rollout)
         mask = rollout.response_mask
-        ref_logprobs = self.reference_logprobs(*inputs, temperature=hp.temperature)
+        group = hp.num_samples  # the k samples of a prompt share its columns: the prompt runs once
+        ref_logprobs = self.reference_logprobs(*inputs, temperature=hp.temperature, group_size=group)
 
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         kl_coef = self.kl_controller.value
         rollout_number = self.global_step // hp.updates_per_rollout
         losses, clip_fractions = [], []
+        policy, policy_group = self.policy, group
+        if self._training_forward is not None:
+            policy, policy_group = self._training_forward, 1
+        elif hp.gradient_checkpointing:
+            policy_group = 1
         for update in range(hp.updates_per_rollout):
-            logits = response_logits(self.policy, *inputs[:3], temperature=hp.temperature)
+            with _checkpointing(self.policy, hp.gradient_checkpointing):
+                logits = response_logits(
+                    policy, *inputs[:3], temperature=hp.temperature, group_size=policy_group
+                )
             logprobs = token_logprobs(logits, rollout.sequences[:, rollout.prompt_length :])
             logprobs = torch.where(mask.bool(), logprobs, torch.zeros_like(logprobs))
             if update == 0:  # the policy that sampled: fixes the KL, the advantages and the old log-probs

@@ -184,3 +184,36 @@ def test_checkpoint_of_a_pretrained_policy_leaves_out_the_frozen_models(
     restored = RLOOModule.load_from_checkpoint(path)
     for name, tensor in module.state_dict().items():  # trained policy, initial reference, RM
         torch.testing.assert_close(restored.state_dict()[name], tensor, msg=name)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [{"gradient_checkpointing": True}, pytest.param({"compile": True}, marks=pytest.mark.slow)],  # ~45 s cold
+)
+def test_memory_and_speed_options_train_the_same_policy(
+    formality_prompts, rl_trainer, formality_rm: Path, option: dict
+) -> None:
+    """Checkpointing and torch.compile change how the training forward runs, not what it computes."""
+    if option.get("compile"):
+        pytest.importorskip("torch._inductor", reason="torch.compile needs inductor")
+    updates = []
+    for extra in ({}, option):
+        seed_everything(0)
+        module = RLOOModule(
+            reward_model=str(formality_rm),
+            num_samples=2,
+            max_new_tokens=4,
+            max_prompt_length=32,
+            learning_rate=1e-2,
+            log_samples_every_n_steps=None,
+            **extra,
+        )
+        start = torch.cat([p.detach().flatten() for p in module.policy.parameters()])
+        rl_trainer(2).fit(module, DataLoader(formality_prompts(0, 4, seed=0), batch_size=2))
+        updates.append(torch.cat([p.detach().flatten() for p in module.policy.parameters()]) - start)
+    if option.get("gradient_checkpointing"):
+        assert all(layer.gradient_checkpointing for layer in module.policy.model.layers), "blocks checkpoint"
+        assert not module.policy.training  # dropout stays off
+    # Adam magnifies float-rounding differences of near-zero gradients elementwise: compare the updates whole
+    assert torch.nn.functional.cosine_similarity(updates[0], updates[1], dim=0) > 0.99
+    assert updates[1].norm() == pytest.approx(float(updates[0].norm()), rel=0.05)
