@@ -211,7 +211,10 @@ def _sample_next(
         # Drop a token once the tokens before it already hold top_p of the mass (the first always stays).
         drop = probs.cumsum(-1) - probs > top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits), without the softmax and
+    # the inverse-CDF search of torch.multinomial (-log of an Exp(1) draw is Gumbel-distributed)
+    noise = torch.empty_like(logits).exponential_(generator=generator).log_()
+    return (logits - noise).argmax(-1)
 
 
 def _prefill(
