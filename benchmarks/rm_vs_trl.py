@@ -15,7 +15,10 @@ and gradient clipping, fp32, no gradient checkpointing, dropout on (moslim-pl tr
 Throughput counts real tokens only (the attention mask's sum: padding excluded) through forward and
 backward, divided by the measured step time; the first ``--warmup`` steps are left out. The two frameworks
 run at once as two subprocesses taking turns step by step (see ``rloo_vs_trl.py``), ``--repeats`` times.
-``--length-grouped`` also measures moslim-pl with length-grouped batches (``LengthGroupedBatches`` below).
+``--length-grouped`` also measures moslim-pl with length-grouped batches: the library's
+``moslim_pl.data.samplers.LengthGroupedSampler``, which ``PreferenceDataModule(group_by_length=True)``
+(``data.group_by_length``) uses. ``--trl-group-by-length`` also measures TRL with transformers' own length
+grouping (``train_sampling_strategy="group_by_length"``, the pair's longer sequence as its ``length``).
 Model-FLOPs utilization: ``6 x`` the backbone's non-embedding parameters plus the attention score terms,
 per real token, against this machine's fp32 matmul peak measured here with the same thread count.
 Needs ``pip install -e ".[bench]"``. Results: docs/benchmarks.md.
@@ -28,20 +31,18 @@ import json
 import math
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 HELPSTEER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "helpsteer_sample.jsonl"
 HEADS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
-VARIANTS = ("moslim", "trl", "moslim-grouped")
+VARIANTS = ("moslim", "trl", "moslim-grouped", "trl-grouped")
 INTERNAL = ("json", "workdir", "run", "prepare", "spec", "out", "baton_in", "baton_out")
 
 
@@ -57,6 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=2e-5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--length-grouped", action="store_true", help="also run moslim-grouped")
+    parser.add_argument(
+        "--trl-group-by-length",
+        action="store_true",
+        help="also run trl-grouped (transformers' length grouping)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep the inputs and results here (default: a temp dir)")
     parser.add_argument("--run", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
@@ -140,38 +146,13 @@ class Baton:
         self.fd_in = self.fd_out = None
 
 
-class LengthGroupedBatches:
-    """Batches of examples of similar length: shuffled, sorted by length within windows of ``window``
-    batches, cut into batches, and the batches shuffled, so that dynamic padding pads little.
-
-    A prototype for ``moslim_pl.data`` (a ``batch_sampler`` of the datamodule's training loader).
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int, window: int = 16) -> None:
-        self.lengths, self.batch_size, self.seed, self.window = lengths, batch_size, seed, window
-
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = random.Random(self.seed)
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
-        span = self.batch_size * self.window
-        batches = []
-        for start in range(0, len(order), span):
-            chunk = sorted(order[start : start + span], key=self.lengths.__getitem__)
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        rng.shuffle(batches)
-        return iter(batches)
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.lengths) / self.batch_size)
-
-
 def _run_moslim(args: argparse.Namespace, spec: dict[str, Any], baton: Baton, grouped: bool) -> list[int]:
     import torch
     from lightning.pytorch import Callback, Trainer, seed_everything
     from torch.utils.data import DataLoader
 
     from moslim_pl.data.collate import collate_reward_batch
+    from moslim_pl.data.samplers import LengthGroupedSampler
     from moslim_pl.modules.reward_model import RewardModelModule
     from moslim_pl.schema import Dimension
 
@@ -188,10 +169,10 @@ def _run_moslim(args: argparse.Namespace, spec: dict[str, Any], baton: Baton, gr
     def collate(batch: list[dict[str, Any]]) -> Any:
         return collate_reward_batch(batch, pad_id)
 
-    if grouped:
+    if grouped:  # what PreferenceDataModule(group_by_length=True) does with its training rows
         lengths = [max(len(i) for i in p["ids"]) for p in spec["pairs"]]
-        sampler = LengthGroupedBatches(lengths, args.batch_pairs, args.seed)
-        loader = DataLoader(examples, batch_sampler=sampler, collate_fn=collate)
+        sampler = LengthGroupedSampler(lengths, args.batch_pairs, args.seed)
+        loader = DataLoader(examples, batch_size=args.batch_pairs, sampler=sampler, collate_fn=collate)
     else:
         generator = torch.Generator().manual_seed(args.seed)
         loader = DataLoader(
@@ -224,7 +205,9 @@ def _run_moslim(args: argparse.Namespace, spec: dict[str, Any], baton: Baton, gr
     return tokens
 
 
-def _run_trl(args: argparse.Namespace, spec: dict[str, Any], baton: Baton, workdir: Path) -> list[int]:
+def _run_trl(
+    args: argparse.Namespace, spec: dict[str, Any], baton: Baton, workdir: Path, grouped: bool
+) -> list[int]:
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
     from trl import RewardConfig, RewardTrainer
@@ -232,12 +215,13 @@ def _run_trl(args: argparse.Namespace, spec: dict[str, Any], baton: Baton, workd
 
     tokenizer = AutoTokenizer.from_pretrained(spec["backbone"])
     model = AutoModelForSequenceClassification.from_pretrained(spec["backbone"], num_labels=1)
-    dataset = Dataset.from_dict(
-        {
-            "chosen_ids": [p["ids"][0] for p in spec["pairs"]],
-            "rejected_ids": [p["ids"][1] for p in spec["pairs"]],
-        }
-    )
+    columns = {
+        "chosen_ids": [p["ids"][0] for p in spec["pairs"]],
+        "rejected_ids": [p["ids"][1] for p in spec["pairs"]],
+    }
+    if grouped:  # transformers' LengthGroupedSampler reads it (``length_column_name``)
+        columns["length"] = [max(len(i) for i in p["ids"]) for p in spec["pairs"]]
+    dataset = Dataset.from_dict(columns)
     tokens: list[int] = []
 
     class CountingCollator(DataCollatorForPreference):
@@ -274,6 +258,10 @@ def _run_trl(args: argparse.Namespace, spec: dict[str, Any], baton: Baton, workd
         disable_tqdm=True,
         seed=args.seed,
         dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if grouped else "random",
+        length_column_name="length",
+        # unused columns (``length``) are dropped before the sampler is built; the collator ignores it
+        remove_unused_columns=not grouped,
     )
     trainer = RewardTrainer(
         model=model,
@@ -321,8 +309,8 @@ def run(args: argparse.Namespace, spec: dict[str, Any], workdir: Path) -> dict[s
 
     baton = Baton(args.baton_in, args.baton_out)
     try:
-        if args.run == "trl":
-            tokens = _run_trl(args, spec, baton, workdir)
+        if args.run in ("trl", "trl-grouped"):
+            tokens = _run_trl(args, spec, baton, workdir, grouped=args.run == "trl-grouped")
         else:
             tokens = _run_moslim(args, spec, baton, grouped=args.run == "moslim-grouped")
     finally:
@@ -413,6 +401,11 @@ def summarize(runs: list[dict[str, Any]], flops_per_token: float, peak: float) -
             out["throughput_ratio_length_grouped"] = (
                 out["moslim-grouped"]["tokens_per_second"]["median"] / trl_rate
             )
+    if "moslim-grouped" in out and "trl-grouped" in out:  # both with their own length grouping
+        out["throughput_ratio_both_grouped"] = (
+            out["moslim-grouped"]["tokens_per_second"]["median"]
+            / out["trl-grouped"]["tokens_per_second"]["median"]
+        )
     return out
 
 
@@ -435,7 +428,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
     if not args.data.is_file():
         raise SystemExit(f"no HelpSteer sample at {args.data} (see ../shared/data/README.md); pass --data")
-    variants = ["moslim", "trl", *(["moslim-grouped"] if args.length_grouped else [])]
+    variants = [
+        "moslim",
+        "trl",
+        *(["moslim-grouped"] if args.length_grouped else []),
+        *(["trl-grouped"] if args.trl_group_by_length else []),
+    ]
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rm_vs_trl-") as tmp:
         workdir = args.workdir or Path(tmp)
@@ -462,6 +460,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     report = {
         "throughput_ratio": summary.get("throughput_ratio"),
         "throughput_ratio_length_grouped": summary.get("throughput_ratio_length_grouped"),
+        "throughput_ratio_both_grouped": summary.get("throughput_ratio_both_grouped"),
         "command": " ".join([Path(sys.executable).name, "benchmarks/rm_vs_trl.py", *(argv or sys.argv[1:])]),
         "backbone": MINILM,
         "pairs": spec["num_pairs"],

@@ -94,21 +94,20 @@ def test_rm_vs_trl_one_step(tmp_path: Path) -> None:
             "--repeats=1",
             "--max-length=64",
             "--length-grouped",
+            "--trl-group-by-length",
         ]
     )
     assert json.loads(out.read_text())["throughput_ratio"] == report["throughput_ratio"]
     assert _finite_positive(report["throughput_ratio"])
     assert _finite_positive(report["throughput_ratio_length_grouped"])
-    for variant in ("moslim", "trl", "moslim-grouped"):
+    assert _finite_positive(report["throughput_ratio_both_grouped"])
+    for variant in ("moslim", "trl", "moslim-grouped", "trl-grouped"):
         summary = report["summary"][variant]
         assert _finite_positive(summary["mfu"]) and summary["mean_tokens_per_step"] > 0
 
 
-def test_length_grouped_batches_cover_every_example_once() -> None:
+def test_rm_vs_trl_length_grouping_is_the_librarys() -> None:
+    """The script's grouped run uses the library sampler (``data.group_by_length``), not its own."""
     bench = _load("rm_vs_trl")
-    lengths = [5, 50, 7, 48, 6, 49, 8, 47]
-    batches = list(bench.LengthGroupedBatches(lengths, batch_size=2, seed=0, window=8))
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    assert len(batches) == len(bench.LengthGroupedBatches(lengths, 2, 0))
-    # within a window, a batch holds neighbours in length: short with short, long with long
-    assert all(max(lengths[i] for i in b) - min(lengths[i] for i in b) <= 3 for b in batches if len(b) == 2)
+    assert not hasattr(bench, "LengthGroupedBatches")
+    assert "LengthGroupedSampler" in (BENCHMARKS / "rm_vs_trl.py").read_text()
