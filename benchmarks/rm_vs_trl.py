@@ -171,7 +171,10 @@ def _run_moslim(args: argparse.Namespace, spec: dict[str, Any], baton: Baton, gr
 
     if grouped:  # what PreferenceDataModule(group_by_length=True) does with its training rows
         lengths = [max(len(i) for i in p["ids"]) for p in spec["pairs"]]
-        sampler = LengthGroupedSampler(lengths, args.batch_pairs, args.seed)
+        # Groups of 50 batches and no minimum number of groups, as transformers' LengthGroupedSampler (the
+        # TRL grouped variant) forms them. The datamodule's min_groups=4 guard only shrinks the groups of
+        # epochs under 200 batches (this sample's epoch is 10); real datasets see the same groups as here.
+        sampler = LengthGroupedSampler(lengths, args.batch_pairs, args.seed, min_groups=1)
         loader = DataLoader(examples, batch_size=args.batch_pairs, sampler=sampler, collate_fn=collate)
     else:
         generator = torch.Generator().manual_seed(args.seed)
