@@ -326,3 +326,18 @@ def test_score_responses(reward_model: MultiHeadRewardModel) -> None:
     direct = reward_model.score(prompts, responses)
     torch.testing.assert_close(out.reward, direct.reward)
     assert not out.reward.is_inference()  # usable as advantages in the policy loss
+
+
+def test_sampling_draws_from_the_softmax() -> None:
+    # Gumbel-max sampling: the frequencies of 40,000 draws match softmax(logits / T) within 0.01
+    probs = torch.tensor([0.6, 0.25, 0.1, 0.05])
+    generator = torch.Generator().manual_seed(0)
+    for temperature in (1.0, 0.5):
+        logits = (probs.log() * temperature).expand(40_000, -1)  # softmax(logits / T) == probs
+        draws = _sample_next(logits, temperature, 1.0, generator)
+        freq = torch.bincount(draws, minlength=4).float() / draws.numel()
+        torch.testing.assert_close(freq, probs, atol=0.01, rtol=0)
+    # top_p 0.8 keeps tokens 0 and 1 (0.6 < 0.8 <= 0.85), renormalized: 0.6 / 0.85 and 0.25 / 0.85
+    draws = _sample_next(probs.log().expand(40_000, -1), 1.0, 0.8, generator)
+    freq = torch.bincount(draws, minlength=4).float() / draws.numel()
+    torch.testing.assert_close(freq, torch.tensor([0.6, 0.25, 0.0, 0.0]) / 0.85, atol=0.01, rtol=0)

@@ -10,7 +10,7 @@
 # then answers the same held-out prompts for the same grid of requests with every method
 # (moslim_pl/evaluation/comparison.py) and writes OUTDIR/comparison.json and the table. It also trains
 # three reward models with labels coarsened to 2, 3 and all levels (OUTDIR/granularity.json).
-# Two lanes run side by side (one per core): 22 minutes on 2 CPU cores (docs/paper_comparison.md).
+# Two lanes run side by side (one per core): 15 minutes on 2 CPU cores (docs/paper_comparison.md).
 set -euo pipefail
 out=${1:?usage: recipes/paper_comparison/run.sh OUTDIR}
 root=$(cd "$(dirname "$0")/../.." && pwd)
