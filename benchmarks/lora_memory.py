@@ -21,12 +21,14 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness next to this script
+from _harness import child_main, run_script, status_bytes  # noqa: E402
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 VARIANTS = ("full", "lora")
@@ -54,17 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
-
-
-def _status_bytes(field: str) -> int | None:
-    """A ``/proc/self/status`` memory field (VmRSS, VmHWM) in bytes; None off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def _bytes(tensors: Any) -> int:
@@ -128,7 +119,7 @@ def run(args: argparse.Namespace, spec: dict[str, Any], workdir: Path) -> dict[s
     from moslim_pl.data.synthetic import generate_prompts
     from moslim_pl.modules import RLOOModule
 
-    rss_after_imports = _status_bytes("VmRSS")
+    rss_after_imports = status_bytes("VmRSS")
     seed_everything(0)
     lora = {"r": args.lora_r, "alpha": 2.0 * args.lora_r} if args.run == "lora" else None
     module = RLOOModule(
@@ -143,7 +134,7 @@ def run(args: argparse.Namespace, spec: dict[str, Any], workdir: Path) -> dict[s
         log_samples_every_n_steps=None,
         lora=lora,
     )
-    rss_after_build = _status_bytes("VmRSS")
+    rss_after_build = status_bytes("VmRSS")
     trainer = Trainer(
         accelerator=args.accelerator,
         devices=1,
@@ -168,7 +159,7 @@ def run(args: argparse.Namespace, spec: dict[str, Any], workdir: Path) -> dict[s
         "peak_memory_bytes": compute["peak_memory_bytes"],  # ComputeCallback: peak RSS or CUDA peak
         "device_type": compute["device_type"],
         "wall_seconds": compute["wall_seconds"],
-        "vm_hwm_bytes": _status_bytes("VmHWM"),  # the same peak from /proc (CPU runs)
+        "vm_hwm_bytes": status_bytes("VmHWM"),  # the same peak from /proc (CPU runs)
         "rss_after_imports_bytes": rss_after_imports,
         "rss_after_build_bytes": rss_after_build,
         "policy_param_bytes": _bytes(module.policy.parameters()),
@@ -182,18 +173,6 @@ def run(args: argparse.Namespace, spec: dict[str, Any], workdir: Path) -> dict[s
 
 
 # ---------------------------------------------------------------------------------- parent
-def _subprocess(args: list[str], timeout: float) -> None:
-    # the parent never imports torch: its memory must not leak into a child's peak (ru_maxrss survives exec)
-    result = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(args[:2])} failed:\n{result.stderr[-4000:]}")
-
-
 def _forwarded(args: argparse.Namespace) -> list[str]:
     return [
         f"--model={args.model}",
@@ -230,16 +209,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
-    if args.run or args.prepare:  # inside a subprocess
-        if args.prepare:
-            args.spec.write_text(json.dumps(prepare(args, args.spec.parent)))
-            return None
-        import torch
-
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-        args.out.mkdir(parents=True, exist_ok=True)
-        result = run(args, json.loads(args.spec.read_text()), args.out)
-        (args.out / "result.json").write_text(json.dumps(result))
+    if child_main(args, prepare, run):  # inside a subprocess
         return None
 
     start = time.perf_counter()
@@ -247,13 +217,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         spec_file = workdir / "spec.json"
-        _subprocess(["--prepare", f"--spec={spec_file}", *_forwarded(args)], timeout=600)
+        run_script(__file__, ["--prepare", f"--spec={spec_file}", *_forwarded(args)], timeout=600)
         runs = []
         for repeat in range(args.repeats):
             for variant in VARIANTS:  # alternated, so that a slow phase of the machine hits both alike
                 out = workdir / f"{variant}-{repeat}"
-                _subprocess(
-                    [f"--run={variant}", f"--spec={spec_file}", f"--out={out}", *_forwarded(args)], 900
+                run_script(
+                    __file__,
+                    [f"--run={variant}", f"--spec={spec_file}", f"--out={out}", *_forwarded(args)],
+                    900,
                 )
                 runs.append({"repeat": repeat, **json.loads((out / "result.json").read_text())})
                 print(

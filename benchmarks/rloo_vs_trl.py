@@ -32,12 +32,23 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness next to this script
+from _harness import (  # noqa: E402
+    Baton,
+    child_main,
+    lockstep,
+    peak_rss_bytes,
+    run_script,
+    spread,
+    status_bytes,
+    trl_training_args,
+)
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 FRAMEWORKS = ("moslim", "trl")
@@ -79,24 +90,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baton-in", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--baton-out", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
-
-
-def _status_bytes(field: str) -> int | None:
-    """A ``/proc/self/status`` memory field (VmRSS, VmHWM) in bytes; None off Linux."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _peak_rss_bytes() -> int:
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 def _import_everything() -> None:
@@ -164,47 +157,6 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- subprocess: one run
-class Baton:
-    """Takes turns with the other framework's run, one step each, through two pipes (``--baton-in/out``).
-
-    Both runs live at once and only one of them is inside a step: a busy phase of the shared machine
-    slows the steps of both alike. A step runs from taking the baton at its start to the start of the
-    next step (or the end of training), so it holds the framework's work between steps too (logging,
-    callbacks, the next batch); then the baton passes. Without pipes (one framework alone) only the clock
-    runs. Once the other run has ended (EOF on the pipe), there is no more waiting.
-    """
-
-    def __init__(self, fd_in: int | None, fd_out: int | None) -> None:
-        self.fd_in, self.fd_out = fd_in, fd_out
-        self.seconds: list[float] = []
-        self._start: float | None = None
-
-    def step(self) -> None:
-        """Call at the start of every step: ends the previous step, passes the baton and waits for it."""
-        self.finish()
-        if self.fd_in is not None and not os.read(self.fd_in, 1):
-            self.fd_in = None  # the other run has finished
-        self._start = time.perf_counter()
-
-    def finish(self) -> None:
-        """Ends the open step (if any) and passes the baton on."""
-        if self._start is None:
-            return
-        self.seconds.append(time.perf_counter() - self._start)
-        self._start = None
-        if self.fd_out is not None:
-            try:
-                os.write(self.fd_out, b"x")
-            except BrokenPipeError:
-                self.fd_out = None
-
-    def close(self) -> None:
-        for fd in (self.fd_in, self.fd_out):
-            if fd is not None:
-                os.close(fd)
-        self.fd_in = self.fd_out = None
-
-
 def _run_moslim(args: argparse.Namespace, spec: dict[str, Any], device: str, baton: Baton) -> dict[str, Any]:
     from lightning.pytorch import Callback, Trainer, seed_everything
     from torch.utils.data import DataLoader
@@ -257,7 +209,7 @@ def _run_moslim(args: argparse.Namespace, spec: dict[str, Any], device: str, bat
         return result
 
     module._rollout = counted_rollout
-    rss_before = _status_bytes("VmRSS")
+    rss_before = status_bytes("VmRSS")
     trainer.fit(module, DataLoader(spec["prompts"], batch_size=args.prompts, shuffle=False))
     return {"generated_tokens": generated, "rss_before_fit_bytes": rss_before}
 
@@ -297,24 +249,13 @@ def _run_trl(
         top_k=0,
         beta=args.kl_coef,
         num_iterations=1,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        optim="adamw_torch",
-        max_grad_norm=1.0,
-        max_steps=args.warmup + args.steps,
-        gradient_checkpointing=False,
-        bf16=False,
-        fp16=False,
         use_cpu=device == "cpu",
         disable_dropout=True,
         shuffle_dataset=False,
-        report_to="none",
-        save_strategy="no",
         disable_tqdm=True,
         seed=args.seed,
         dataloader_num_workers=0,
+        **trl_training_args(args.learning_rate, args.warmup + args.steps),
     )
     generated: list[int] = []
     trainer: Any = None
@@ -338,7 +279,7 @@ def _run_trl(
         processing_class=tokenizer,
         callbacks=[Clock()],
     )
-    rss_before = _status_bytes("VmRSS")
+    rss_before = status_bytes("VmRSS")
     trainer.train()
     return {"generated_tokens": generated, "rss_before_fit_bytes": rss_before}
 
@@ -348,7 +289,7 @@ def run(args: argparse.Namespace, spec: dict[str, Any], workdir: Path) -> dict[s
     import torch
 
     _import_everything()
-    rss_after_imports = _status_bytes("VmRSS")
+    rss_after_imports = status_bytes("VmRSS")
     device = args.device
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -370,7 +311,7 @@ def run(args: argparse.Namespace, spec: dict[str, Any], workdir: Path) -> dict[s
         "median_step_seconds": statistics.median(measured),
         "min_step_seconds": min(measured),
         "max_step_seconds": max(measured),
-        "peak_memory_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else _peak_rss_bytes(),
+        "peak_memory_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else peak_rss_bytes(),
         "device_type": device,
         "rss_after_imports_bytes": rss_after_imports,
         "wall_seconds": time.perf_counter() - start,
@@ -378,56 +319,6 @@ def run(args: argparse.Namespace, spec: dict[str, Any], workdir: Path) -> dict[s
 
 
 # ---------------------------------------------------------------------------------- parent
-def _subprocess(args: list[str], timeout: float) -> None:
-    # the parent never imports torch: its memory must not leak into a child's peak (ru_maxrss survives exec)
-    result = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(args[:2])} failed:\n{result.stderr[-4000:]}")
-
-
-def _lockstep(runs: list[list[str]], timeout: float) -> None:
-    """Start one subprocess per argument list, passing a baton around them in a ring (the first starts)."""
-    pipes = [os.pipe() for _ in runs]  # pipe i: the baton that run i waits for
-    procs = []
-    for i, extra in enumerate(runs):
-        fd_in, fd_out = pipes[i][0], pipes[(i + 1) % len(runs)][1]
-        command = [sys.executable, str(Path(__file__).resolve()), *extra]
-        if len(runs) > 1:
-            command += [f"--baton-in={fd_in}", f"--baton-out={fd_out}"]
-        procs.append(
-            subprocess.Popen(
-                command,
-                pass_fds=(fd_in, fd_out),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    for fd_in, fd_out in pipes:  # the children hold their own copies
-        os.close(fd_in)
-        if fd_out != pipes[0][1]:
-            os.close(fd_out)
-    os.write(pipes[0][1], b"x")  # the first run takes the first step
-    os.close(pipes[0][1])
-    failures = []
-    for extra, proc in zip(runs, procs, strict=True):
-        try:
-            _, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for other in procs:
-                other.kill()
-            raise
-        if proc.returncode != 0:
-            failures.append(f"{extra[0]} failed:\n{stderr[-4000:]}")
-    if failures:
-        raise RuntimeError("\n".join(failures))
-
-
 def _forwarded(args: argparse.Namespace) -> list[str]:
     return [
         f"--model={args.model}",
@@ -446,10 +337,6 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per framework: the median over runs of each run's median step time, and of the peak memory; the ratios."""
     out: dict[str, Any] = {}
@@ -458,9 +345,9 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         if not mine:
             continue
         out[framework] = {
-            "median_step_seconds": _spread([r["median_step_seconds"] for r in mine]),
-            "all_step_seconds": _spread([t for r in mine for t in r["measured_step_seconds"]]),
-            "peak_memory_bytes": _spread([r["peak_memory_bytes"] for r in mine]),
+            "median_step_seconds": spread([r["median_step_seconds"] for r in mine]),
+            "all_step_seconds": spread([t for r in mine for t in r["measured_step_seconds"]]),
+            "peak_memory_bytes": spread([r["peak_memory_bytes"] for r in mine]),
             "generated_tokens_per_step": statistics.mean(t for r in mine for t in r["generated_tokens"]),
         }
     if "moslim" in out and "trl" in out:
@@ -481,16 +368,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
-    if args.run or args.prepare:  # inside a subprocess
-        if args.prepare:
-            args.spec.write_text(json.dumps(prepare(args, args.spec.parent)))
-            return None
-        import torch
-
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-        args.out.mkdir(parents=True, exist_ok=True)
-        result = run(args, json.loads(args.spec.read_text()), args.out)
-        (args.out / "result.json").write_text(json.dumps(result))
+    if child_main(args, prepare, run):  # inside a subprocess
         return None
 
     frameworks = [f for f in args.frameworks.split(",") if f]
@@ -499,13 +377,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         spec_file = workdir / "spec.json"
-        _subprocess(["--prepare", f"--spec={spec_file}", *_forwarded(args)], timeout=900)
+        run_script(__file__, ["--prepare", f"--spec={spec_file}", *_forwarded(args)], timeout=900)
         runs = []
         for repeat in range(args.repeats):
             # the frameworks take turns step by step; which one starts alternates between repeats
             order = frameworks if repeat % 2 == 0 else frameworks[::-1]
             outs = {f: workdir / f"{f}-{repeat}" for f in order}
-            _lockstep(
+            lockstep(
+                __file__,
                 [[f"--run={f}", f"--spec={spec_file}", f"--out={outs[f]}", *_forwarded(args)] for f in order],
                 timeout=3600,
             )

@@ -32,12 +32,14 @@ import math
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness next to this script
+from _harness import Baton, child_main, lockstep, run_script, spread, trl_training_args  # noqa: E402
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 HELPSTEER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "helpsteer_sample.jsonl"
@@ -114,38 +116,6 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- subprocess: one run
-class Baton:
-    """Takes turns with the other runs, one step each (see ``benchmarks/rloo_vs_trl.py``)."""
-
-    def __init__(self, fd_in: int | None, fd_out: int | None) -> None:
-        self.fd_in, self.fd_out = fd_in, fd_out
-        self.seconds: list[float] = []
-        self._start: float | None = None
-
-    def step(self) -> None:
-        self.finish()
-        if self.fd_in is not None and not os.read(self.fd_in, 1):
-            self.fd_in = None
-        self._start = time.perf_counter()
-
-    def finish(self) -> None:
-        if self._start is None:
-            return
-        self.seconds.append(time.perf_counter() - self._start)
-        self._start = None
-        if self.fd_out is not None:
-            try:
-                os.write(self.fd_out, b"x")
-            except BrokenPipeError:
-                self.fd_out = None
-
-    def close(self) -> None:
-        for fd in (self.fd_in, self.fd_out):
-            if fd is not None:
-                os.close(fd)
-        self.fd_in = self.fd_out = None
-
-
 def _run_moslim(args: argparse.Namespace, spec: dict[str, Any], baton: Baton, grouped: bool) -> list[int]:
     import torch
     from lightning.pytorch import Callback, Trainer, seed_everything
@@ -244,20 +214,8 @@ def _run_trl(
         output_dir=str(workdir / "trl"),
         per_device_train_batch_size=args.batch_pairs,
         max_length=args.max_length,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        optim="adamw_torch",
-        max_grad_norm=1.0,
-        max_steps=args.warmup + args.steps,
-        gradient_checkpointing=False,
-        bf16=False,
-        fp16=False,
         use_cpu=True,
         disable_dropout=False,
-        report_to="none",
-        save_strategy="no",
         disable_tqdm=True,
         seed=args.seed,
         dataloader_num_workers=0,
@@ -265,6 +223,7 @@ def _run_trl(
         length_column_name="length",
         # unused columns (``length``) are dropped before the sampler is built; the collator ignores it
         remove_unused_columns=not grouped,
+        **trl_training_args(args.learning_rate, args.warmup + args.steps),
     )
     trainer = RewardTrainer(
         model=model,
@@ -333,42 +292,6 @@ def run(args: argparse.Namespace, spec: dict[str, Any], workdir: Path) -> dict[s
 
 
 # ---------------------------------------------------------------------------------- parent
-def _python(extra: list[str]) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), *extra]
-
-
-def _lockstep(runs: list[list[str]], timeout: float) -> None:
-    """One subprocess per argument list, passing a baton around them in a ring (the first starts)."""
-    pipes = [os.pipe() for _ in runs]
-    procs = []
-    for i, extra in enumerate(runs):
-        fd_in, fd_out = pipes[i][0], pipes[(i + 1) % len(runs)][1]
-        command = _python(extra) + ([f"--baton-in={fd_in}", f"--baton-out={fd_out}"] if len(runs) > 1 else [])
-        procs.append(
-            subprocess.Popen(
-                command, pass_fds=(fd_in, fd_out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-        )
-    for fd_in, fd_out in pipes:
-        os.close(fd_in)
-        if fd_out != pipes[0][1]:
-            os.close(fd_out)
-    os.write(pipes[0][1], b"x")
-    os.close(pipes[0][1])
-    failures = []
-    for extra, proc in zip(runs, procs, strict=True):
-        try:
-            _, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            for other in procs:
-                other.kill()
-            raise
-        if proc.returncode != 0:
-            failures.append(f"{extra[0]} failed:\n{stderr[-4000:]}")
-    if failures:
-        raise RuntimeError("\n".join(failures))
-
-
 def _forwarded(args: argparse.Namespace) -> list[str]:
     return [
         f"--data={args.data}",
@@ -381,10 +304,6 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
 def summarize(runs: list[dict[str, Any]], flops_per_token: float, peak: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for variant in VARIANTS:
@@ -392,8 +311,8 @@ def summarize(runs: list[dict[str, Any]], flops_per_token: float, peak: float) -
         if mine:
             rates = [r["tokens_per_second"] for r in mine]
             out[variant] = {
-                "tokens_per_second": _spread(rates),
-                "median_step_seconds": _spread([r["median_step_seconds"] for r in mine]),
+                "tokens_per_second": spread(rates),
+                "median_step_seconds": spread([r["median_step_seconds"] for r in mine]),
                 "mean_tokens_per_step": statistics.mean(r["mean_tokens_per_step"] for r in mine),
                 "mfu": statistics.median(rates) * flops_per_token / peak,
             }
@@ -412,21 +331,16 @@ def summarize(runs: list[dict[str, Any]], flops_per_token: float, peak: float) -
     return out
 
 
+def _prepare_with_flops(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    spec = prepare(args, workdir)
+    spec["matmul_peak_flops"] = _matmul_peak_flops()
+    spec["flops_per_token"] = _flops_per_token(spec["backbone"], spec["mean_length"])
+    return spec
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
-    if args.run or args.prepare:
-        import torch
-
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
-        if args.prepare:
-            spec = prepare(args, args.spec.parent)
-            spec["matmul_peak_flops"] = _matmul_peak_flops()
-            spec["flops_per_token"] = _flops_per_token(spec["backbone"], spec["mean_length"])
-            args.spec.write_text(json.dumps(spec))
-            return None
-        args.out.mkdir(parents=True, exist_ok=True)
-        result = run(args, json.loads(args.spec.read_text()), args.out)
-        (args.out / "result.json").write_text(json.dumps(result))
+    if child_main(args, _prepare_with_flops, run):  # inside a subprocess
         return None
 
     if not args.data.is_file():
@@ -442,16 +356,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         spec_file = workdir / "spec.json"
-        result = subprocess.run(
-            _python(["--prepare", f"--spec={spec_file}", *_forwarded(args)]), capture_output=True, text=True
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"prepare failed:\n{result.stderr[-4000:]}")
+        run_script(__file__, ["--prepare", f"--spec={spec_file}", *_forwarded(args)], timeout=900)
         runs = []
         for repeat in range(args.repeats):
             order = variants[repeat % len(variants) :] + variants[: repeat % len(variants)]
             outs = {v: workdir / f"{v}-{repeat}" for v in order}
-            _lockstep(
+            lockstep(
+                __file__,
                 [[f"--run={v}", f"--spec={spec_file}", f"--out={outs[v]}", *_forwarded(args)] for v in order],
                 timeout=3600,
             )
