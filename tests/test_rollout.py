@@ -341,3 +341,27 @@ def test_sampling_draws_from_the_softmax() -> None:
     draws = _sample_next(probs.log().expand(40_000, -1), 1.0, 0.8, generator)
     freq = torch.bincount(draws, minlength=4).float() / draws.numel()
     torch.testing.assert_close(freq, torch.tensor([0.6, 0.25, 0.0, 0.0]) / 0.85, atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_lean_decoding_step_gives_the_same_tokens_as_the_model_forward(
+    policy: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, monkeypatch, padded: bool
+) -> None:
+    import moslim_pl.generation as generation
+
+    assert generation._lean_decoder(policy, lockstep=False) is not None  # a Llama with SDPA
+    batch = _prompts(tokenizer)
+    if not padded:  # the same prompt twice: no padding, so no mask at all
+        batch = encode_prompts(
+            tokenizer, ["the cat sat on the mat"] * 2, max_prompt_length=32, dimensions=DIMENSIONS
+        )
+        assert bool(batch.attention_mask.all())
+
+    def sample() -> torch.Tensor:
+        torch.manual_seed(0)
+        rollout = generate(policy, tokenizer, batch, max_new_tokens=12, num_samples=3, top_p=0.9)
+        return rollout.sequences
+
+    lean = sample()
+    monkeypatch.setattr(generation, "_lean_decoder", lambda model, lockstep: None)
+    assert torch.equal(lean, sample())  # bit for bit: the same logits, hence the same draws
