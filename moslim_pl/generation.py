@@ -307,9 +307,8 @@ def _lean_decoder(model: nn.Module, lockstep: bool) -> Callable[..., Tensor] | N
     from transformers import LlamaForCausalLM
 
     base = _base_model(model)
+    # lockstep: sharded (FSDP1/FSDP2) weights are gathered by hooks on the wrapped forward
     if lockstep or type(base) is not LlamaForCausalLM or base.config._attn_implementation != "sdpa":
-        return None
-    if any(type(m).__name__.startswith(("FSDP", "FullyShardedDataParallel")) for m in model.modules()):
         return None
     cache_name = _cache_name(model)
     inner = base.model
