@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
@@ -21,13 +21,15 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "in
 
 
 class _Snapshots(Callback):
-    """The policy's weights at the end of every training step (CPU copies)."""
+    """The weights at the end of every training step (copies): the policy's, or the whole module's."""
 
-    def __init__(self) -> None:
+    def __init__(self, attribute: str | None = "policy") -> None:
+        self.attribute = attribute
         self.weights: list[dict[str, torch.Tensor]] = []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.weights.append({k: v.detach().clone() for k, v in pl_module.policy.state_dict().items()})
+        module = pl_module if self.attribute is None else getattr(pl_module, self.attribute)
+        self.weights.append({k: v.detach().clone() for k, v in module.state_dict().items()})
 
 
 def _nan_rewards_on(module: RLOOModule, steps: set[int]) -> None:
@@ -101,7 +103,7 @@ def test_too_many_in_a_row_stop_with_a_checkpoint_of_the_last_good_state(
     assert checkpoint["callbacks"]["NonFiniteGuard"] == {"skipped": 2, "in_a_row": 2}
 
 
-def test_an_infinite_loss_skips_the_reward_model_step() -> None:
+def test_an_infinite_loss_skips_the_reward_model_step(rl_trainer) -> None:
     # automatic optimization: the guard sits between Lightning's backward and its optimizer step
     seed_everything(0)
     data = PreferenceDataModule(
@@ -117,27 +119,14 @@ def test_an_infinite_loss_skips_the_reward_model_step() -> None:
         return out
 
     module.training_step = infinite_on_step_1  # type: ignore[method-assign]
-    snapshots: list[dict[str, torch.Tensor]] = []
-
-    class _Weights(Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            snapshots.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
-
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[NonFiniteGuard(), _Weights()],
-    )
+    snapshots = _Snapshots(attribute=None)
+    trainer = rl_trainer(3, logger=False, limit_val_batches=0, callbacks=[NonFiniteGuard(), snapshots])
     with pytest.warns(UserWarning, match="at step 1"):
         trainer.fit(module, datamodule=data)
-    assert all(torch.equal(snapshots[0][k], snapshots[1][k]) for k in snapshots[0])
-    assert any(not torch.equal(snapshots[1][k], snapshots[2][k]) for k in snapshots[0])
-    assert all(torch.isfinite(v).all() for v in snapshots[2].values() if v.is_floating_point())
+    w = snapshots.weights
+    assert all(torch.equal(w[0][k], w[1][k]) for k in w[0])
+    assert any(not torch.equal(w[1][k], w[2][k]) for k in w[0])
+    assert all(torch.isfinite(v).all() for v in w[2].values() if v.is_floating_point())
 
 
 def test_max_consecutive_must_be_positive() -> None:
