@@ -86,7 +86,8 @@ class NonFiniteGuard(Callback):
             trainer.save_checkpoint(path)  # every rank: a collective under sharding
             raise NonFiniteError(
                 f"{self.in_a_row} optimizer steps in a row had NaN or infinite gradients (loss or reward), "
-                f"the last at step {trainer.global_step}; the last good state is in {path}"
+                f"the last at step {trainer.global_step}; the last good state is in {path} (lower the learning "
+                "rate or check the reward model's outputs, then resume with --ckpt_path)"
             )
 
     def _checkpoint_path(self, trainer: Trainer) -> Path:
