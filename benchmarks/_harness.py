@@ -127,6 +127,18 @@ def lockstep(script: str | Path, runs: list[list[str]], timeout: float) -> None:
         raise RuntimeError("\n".join(failures))
 
 
+def add_child_arguments(parser: argparse.ArgumentParser, runs: tuple[str, ...], baton: bool = True) -> None:
+    """The hidden arguments of the child subprocesses (``--run``, ``--prepare``, ``--spec``, ``--out`` and,
+    for runs that take turns, ``--baton-in/out``); :func:`child_main` reads them."""
+    parser.add_argument("--run", choices=runs, help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    if baton:
+        parser.add_argument("--baton-in", type=int, help=argparse.SUPPRESS)
+        parser.add_argument("--baton-out", type=int, help=argparse.SUPPRESS)
+
+
 def child_main(
     args: argparse.Namespace,
     prepare: Callable[[argparse.Namespace, Path], dict[str, Any]],

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness next to this script
-from _harness import child_main, run_script, status_bytes  # noqa: E402
+from _harness import add_child_arguments, child_main, run_script, status_bytes  # noqa: E402
 
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
 VARIANTS = ("full", "lora")
@@ -51,10 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--accelerator", default="cpu", help="cpu, gpu or auto")
     parser.add_argument("--workdir", type=Path, help="keep the exports and logs here (default: a temp dir)")
     # internal: one subprocess per measured run, and one to build the inputs
-    parser.add_argument("--run", choices=VARIANTS, help=argparse.SUPPRESS)
-    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    add_child_arguments(parser, VARIANTS, baton=False)
     return parser.parse_args(argv)
 
 

@@ -41,6 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness next to this script
 from _harness import (  # noqa: E402
     Baton,
+    add_child_arguments,
     child_main,
     lockstep,
     peak_rss_bytes,
@@ -83,12 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--workdir", type=Path, help="keep the inputs and results here (default: a temp dir)")
     # internal: one subprocess per measured run, and one to build the inputs
-    parser.add_argument("--run", choices=FRAMEWORKS, help=argparse.SUPPRESS)
-    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--baton-in", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--baton-out", type=int, help=argparse.SUPPRESS)
+    add_child_arguments(parser, FRAMEWORKS)
     return parser.parse_args(argv)
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the shared harness next to this script
-from _harness import Baton, child_main, lockstep, run_script, spread, trl_training_args  # noqa: E402
+from _harness import Baton, add_child_arguments, child_main, lockstep, run_script, spread, trl_training_args  # noqa: E402
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 HELPSTEER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "helpsteer_sample.jsonl"
@@ -66,12 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also run trl-grouped (transformers' length grouping)",
     )
     parser.add_argument("--workdir", type=Path, help="keep the inputs and results here (default: a temp dir)")
-    parser.add_argument("--run", choices=VARIANTS, help=argparse.SUPPRESS)
-    parser.add_argument("--prepare", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--spec", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--baton-in", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--baton-out", type=int, help=argparse.SUPPRESS)
+    add_child_arguments(parser, VARIANTS)
     return parser.parse_args(argv)
 
 
