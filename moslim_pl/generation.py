@@ -73,6 +73,27 @@ def _split_prefix(prompt: str, dimensions: Sequence[Dimension] | None) -> tuple[
     return prompt[:end], prompt[end:]
 
 
+def resolve_chat_template(tokenizer: PreTrainedTokenizerBase, requested: bool | None, model: str) -> bool:
+    """Whether prompts go through ``tokenizer``'s chat template: ``requested``, or (``None``) whether it has one.
+
+    A chat model prompted with raw text answers off the distribution it was tuned on (and may never emit
+    its end-of-turn token), so an explicit ``False`` for a tokenizer that has a template logs a warning
+    naming it; an explicit ``True`` for a tokenizer without one is a ``MoslimError``.
+    """
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if requested is None:
+        return has_template
+    if requested and not has_template:
+        raise MoslimError(f"chat_template=true but the tokenizer of {model!r} has no chat template")
+    if not requested and has_template:
+        log.warning(
+            "%s is a chat model (its tokenizer has a chat template) but chat_template=false: its prompts are "
+            "raw text, not the user turns it was tuned on; leave chat_template unset to use the template",
+            model,
+        )
+    return bool(requested)
+
+
 def _render(tokenizer: PreTrainedTokenizerBase, prompt: str, chat_template: bool) -> list[int]:
     if not chat_template:
         return tokenizer(prompt)["input_ids"]  # special tokens on: a BOS where the model expects one

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 
 import pytest
@@ -365,3 +367,26 @@ def test_lean_decoding_step_gives_the_same_tokens_as_the_model_forward(
     lean = sample()
     monkeypatch.setattr(generation, "_lean_decoder", lambda model, lockstep: None)
     assert torch.equal(lean, sample())  # bit for bit: the same logits, hence the same draws
+
+
+def test_chat_template_defaults_on_when_the_tokenizer_has_one(
+    tokenizer: PreTrainedTokenizerFast, caplog: pytest.LogCaptureFixture
+) -> None:
+    from moslim_pl.generation import resolve_chat_template
+
+    chat = copy.deepcopy(tokenizer)
+    chat.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    with caplog.at_level(logging.WARNING, logger="moslim_pl.generation"):
+        assert resolve_chat_template(chat, None, "chat-model") is True
+        assert resolve_chat_template(tokenizer, None, "plain-model") is False
+        assert resolve_chat_template(chat, True, "chat-model") is True
+        assert resolve_chat_template(tokenizer, False, "plain-model") is False
+    assert not caplog.records  # none of these is a problem
+    with caplog.at_level(logging.WARNING, logger="moslim_pl.generation"):
+        assert resolve_chat_template(chat, False, "chat-model") is False
+    (record,) = caplog.records
+    assert (
+        "chat-model is a chat model" in record.getMessage() and "chat_template=false" in record.getMessage()
+    )
+    with pytest.raises(MoslimError, match="plain-model.*no chat template"):
+        resolve_chat_template(tokenizer, True, "plain-model")

@@ -233,6 +233,9 @@ class PromptDataModule(SamplerStateMixin, LightningDataModule):
 
     # ------------------------------------------------------------------ reading
     def prepare_data(self) -> None:
+        # predict reads predict_file only: the training prompts need not be reachable (nor downloaded)
+        if self.trainer is not None and self.trainer.predicting:
+            return
         prefetch_sources((self.source, self.val_source), self.trust_remote_code)
 
     def _read(self, source: DataSource) -> list[str]:

@@ -21,14 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import Tensor, nn
 
+from moslim_pl.callbacks.predictions import PredictionWriter
 from moslim_pl.data.sources import as_dataclass
 from moslim_pl.errors import MoslimError
 from moslim_pl.evaluation import controllability
+from moslim_pl.generation import resolve_chat_template
 from moslim_pl.models.backbone import TINY_BACKBONES, load_causal_lm, load_tokenizer
 from moslim_pl.models.io import save_pretrained_atomic
 from moslim_pl.models.lora import LoRAConfig, apply_lora, is_lora, merged_copy, reference_mode
@@ -77,6 +80,7 @@ class PolicyModule(LightningModule):
             raise MoslimError(f"unknown reward mapping {hp.mapping!r}; expected one of {', '.join(MAPPINGS)}")
         self.tokenizer_name = hp.policy
         self.tokenizer = load_tokenizer(hp.policy, trust_remote_code=hp.trust_remote_code)
+        hp["chat_template"] = resolve_chat_template(self.tokenizer, hp.chat_template, hp.policy)
         # validate/test may build the module under inference mode; parameters made there could never train
         with torch.inference_mode(False):
             self.policy = load_causal_lm(
@@ -317,6 +321,16 @@ class PolicyModule(LightningModule):
         controllability.report(self, local, "test", "controllability")
 
     # ------------------------------------------------------------------ generation for users (predict)
+    def configure_callbacks(self) -> list[Callback]:
+        """``moslim-pl predict`` always writes ``predictions.jsonl``: a :class:`PredictionWriter` is added
+        when the trainer has no prediction writer of its own (a training config need not list one)."""
+        trainer = self._trainer
+        if trainer is None or not trainer.predicting:
+            return []
+        if any(isinstance(callback, BasePredictionWriter) for callback in trainer.callbacks):
+            return []
+        return [PredictionWriter()]
+
     def predict_step(self, batch: Sequence[Any], batch_idx: int) -> list[dict[str, Any]]:
         """Rows ``{"index", "prompt"}`` (or plain prompt strings) -> ``{"index", "prompt", "response",
         "reward", "levels"}``: the response at ``val_temperature`` and what the RM reads in it."""

@@ -71,7 +71,8 @@ class RLOOModule(PolicyModule):
         num_samples: ``k`` responses per prompt (>= 2: the baseline of each is the mean of the others).
         max_new_tokens, temperature, top_p: sampling of the training rollouts (``temperature > 0``).
         max_prompt_length: prompt tokens kept (the prefix and the end of the prompt survive a cut).
-        chat_template: render each prompt as the user turn of the policy tokenizer's chat template.
+        chat_template: render each prompt as the user turn of the policy tokenizer's chat template;
+            ``None`` (default): whenever the tokenizer has one (an explicit ``false`` for a chat model warns).
         mapping, mapping_weights: the reward mapping (``moslim_pl.rewards.mapping``); weights for ``linear``.
         kl_coef: ``beta`` of the reward shaping ``r - beta * KL_seq`` (the initial value when adaptive).
         kl_target, kl_horizon: with ``kl_target`` set, ``beta`` adapts towards this per-sequence KL over a
@@ -107,7 +108,7 @@ class RLOOModule(PolicyModule):
         temperature: float = 1.0,
         top_p: float = 1.0,
         max_prompt_length: int = 256,
-        chat_template: bool = False,
+        chat_template: bool | None = None,
         mapping: str = "gaussian",
         mapping_weights: list[float] | None = None,
         kl_coef: float = 0.05,

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from moslim_pl.data.sft import SFTBatch, SFTEncoding
 from moslim_pl.data.types import IGNORE_LABEL
-from moslim_pl.errors import MoslimError
+from moslim_pl.generation import resolve_chat_template
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.models.io import save_pretrained_atomic
 from moslim_pl.models.sharding import fsdp1_root, shard_mesh, shard_model
@@ -91,8 +91,8 @@ class SFTModule(MetricEvalHooks, LightningModule):
     def _build(self) -> None:
         hp = self.hparams
         self.tokenizer = load_tokenizer(hp.model, trust_remote_code=hp.trust_remote_code)
-        if hp.chat_template and not getattr(self.tokenizer, "chat_template", None):
-            raise MoslimError(f"chat_template=True but tokenizer {hp.model!r} has no chat template")
+        # a chat model fine-tuned on raw text unlearns its turns: warn (an absent template with True raises)
+        resolve_chat_template(self.tokenizer, hp.chat_template, hp.model)
         # validate/test run configure_model under inference mode; parameters made there could never train
         with torch.inference_mode(False):
             self.lm = load_causal_lm(

@@ -128,3 +128,57 @@ def test_predict_on_a_plain_prompt_loader_keeps_every_row(formality_rm, rl_train
     trainer.predict(_module(formality_rm), loader, return_predictions=False)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["prompt"] for row in rows] == prompts and all(row["index"] is None for row in rows)
+
+
+def test_predict_from_a_training_config_writes_predictions_without_training_data(
+    formality_rm, tmp_path: Path
+) -> None:
+    """ppo_quickstart.yaml lists no PredictionWriter and its training source is unreachable here: predict
+    still answers the predict file and writes predictions.jsonl (it used to exit 0 without writing)."""
+    from moslim_pl.cli import main
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "policy" / "ppo_quickstart.yaml"
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("<formality 0> explain bees .\ntell me about rivers .\n")
+    dimensions = json.dumps([d.to_dict() for d in DIMENSIONS])
+    main(
+        [
+            "predict",
+            "--config",
+            str(config),
+            "--model.policy",
+            "moslim/tiny-llama",
+            "--model.tiny_config",
+            json.dumps(TINY),
+            "--model.reward_model",
+            str(formality_rm),
+            "--model.max_new_tokens",
+            "4",
+            "--data.source",
+            json.dumps({"path": "json", "data_files": str(tmp_path / "nowhere" / "train.jsonl")}),
+            "--data.dimensions",
+            dimensions,
+            "--data.predict_file",
+            str(prompts),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "runs"),
+        ]
+    )
+    (written,) = (tmp_path / "runs").rglob("predictions.jsonl")
+    rows = [json.loads(line) for line in written.read_text().splitlines()]
+    assert [row["index"] for row in rows] == [0, 1]
+    assert rows[0]["prompt"] == "<formality 0> explain bees ." and isinstance(rows[0]["response"], str)
+
+
+def test_policy_modules_use_the_chat_template_by_default(formality_rm, tmp_path: Path) -> None:
+    from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer("moslim/tiny-llama")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} [SEP] {% endfor %}"
+    load_causal_lm("moslim/tiny-llama", tokenizer=tokenizer, tiny_config=TINY).save_pretrained(
+        tmp_path / "chat"
+    )
+    tokenizer.save_pretrained(tmp_path / "chat")
+    chat = RLOOModule(policy=str(tmp_path / "chat"), reward_model=str(formality_rm), max_prompt_length=32)
+    assert chat.hparams.chat_template is True
+    assert _module(formality_rm).hparams.chat_template is False  # the tiny tokenizer has no template
