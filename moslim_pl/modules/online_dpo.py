@@ -127,6 +127,11 @@ class OnlineDPOModule(PolicyModule):
 
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         optimizer.zero_grad()  # grads to None: without valid pairs the step below leaves the policy as is
+        # Under DDP/FSDP2 the backward pass is a collective (gradient all-reduce / reduce-scatter): either
+        # every rank runs it or none does, else the ranks hang or drift apart. A rank whose pairs all tie
+        # still runs it, on a zero loss that reaches every parameter; with no valid pair on any rank none
+        # runs it. One process: the sum is this rank's own count, so nothing changes there.
+        any_valid = bool(self.trainer.strategy.reduce(valid.sum(), reduce_op="sum") > 0)
         if valid.any():
             loss, stats = dpo_loss(
                 pair_policy.gather(-1, chosen).squeeze(-1)[valid],
@@ -135,6 +140,11 @@ class OnlineDPOModule(PolicyModule):
                 pair_ref.gather(-1, rejected).squeeze(-1)[valid],
                 hp.beta,
             )
+        else:
+            # Exact-zero gradients on every parameter (the masked log-probs are zeros, not NaN), which the
+            # all-reduce averages with the other ranks' as it does any rank's share of the batch.
+            loss = pair_policy.sum() * 0.0
+        if any_valid:
             self.manual_backward(loss)
             if hp.max_grad_norm is not None:
                 self.clip_gradients(

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import seed_everything
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+from torch.optim import Optimizer
 from torch.utils.data import DataLoader
 
+from moslim_pl.callbacks.nonfinite import NonFiniteGuard
 from moslim_pl.data.synthetic import generate_prompts
 from moslim_pl.errors import MoslimError
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
@@ -107,6 +110,48 @@ def test_all_ties_leave_the_policy_unchanged_and_checkpoint(
     restored = OnlineDPOModule.load_from_checkpoint(path)
     assert restored.hparams.beta == module.hparams.beta
     torch.testing.assert_close(restored.policy.lm_head.weight, module.policy.lm_head.weight)
+
+
+class _GradSnapshot(Callback):
+    """The policy's gradients as the optimizer is about to step (after backward and clipping)."""
+
+    def __init__(self) -> None:
+        self.grads: list[dict[str, Tensor | None]] = []
+
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: Optimizer
+    ) -> None:
+        self.grads.append(
+            {n: None if p.grad is None else p.grad.clone() for n, p in pl_module.policy.named_parameters()}
+        )
+
+
+def test_a_rank_with_only_ties_backpropagates_exact_zeros_when_another_has_pairs(
+    monkeypatch: pytest.MonkeyPatch, rl_trainer, formality_rm: Path
+) -> None:
+    # Every pair ties here (see the test above), but the strategy's count of valid pairs says another
+    # rank has one: under DDP this rank must join the gradient all-reduce, with a zero gradient on every
+    # parameter (tests/distributed/test_online_dpo_ties.py runs the real 2-process case).
+    seed_everything(2)
+    module = OnlineDPOModule(
+        reward_model=str(formality_rm), max_new_tokens=4, learning_rate=1e-2, log_samples_every_n_steps=None
+    )
+    before = [p.detach().clone() for p in module.policy.parameters()]
+    snapshot = _GradSnapshot()
+    trainer = rl_trainer(
+        1, logger=False, log_every_n_steps=1, callbacks=[snapshot, NonFiniteGuard(max_consecutive=1)]
+    )
+    monkeypatch.setattr(trainer.strategy, "reduce", lambda tensor, **kwargs: tensor + 1)
+    prompts = [f"<verbosity 1> {p}" for p in generate_prompts(2, seed=0)]
+    trainer.fit(module, DataLoader(prompts, batch_size=2))
+    (grads,) = snapshot.grads
+    assert all(g is not None and not g.any() for g in grads.values()), "a parameter without a zero gradient"
+    assert trainer.callback_metrics["train/tie_fraction"] == 1.0
+    assert "train/loss" not in trainer.callback_metrics
+    assert trainer.callback_metrics["train/nonfinite_steps"] == 0.0
+    # Adam's first step on zero gradients (no weight decay) leaves the weights as they were
+    for old, new in zip(before, module.policy.parameters(), strict=True):
+        assert torch.equal(old, new)
 
 
 @pytest.mark.parametrize(
