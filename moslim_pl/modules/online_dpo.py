@@ -47,7 +47,8 @@ class OnlineDPOModule(PolicyModule):
         max_new_tokens, temperature, top_p: sampling of the two training responses per prompt
             (``temperature > 0``); the DPO log-probs are taken at the same temperature.
         max_prompt_length: prompt tokens kept (the prefix and the end of the prompt survive a cut).
-        chat_template: render each prompt as the user turn of the policy tokenizer's chat template.
+        chat_template: render each prompt as the user turn of the policy tokenizer's chat template;
+            ``None`` (default): whenever the tokenizer has one (an explicit ``false`` for a chat model warns).
         mapping, mapping_weights: the reward mapping (``moslim_pl.rewards.mapping``); weights for ``linear``.
         beta: DPO's ``beta``: the implicit reward is ``beta * (log pi - log pi_ref)``.
         learning_rate, weight_decay, warmup_steps: AdamW with linear warm-up then constant.
@@ -72,7 +73,7 @@ class OnlineDPOModule(PolicyModule):
         temperature: float = 1.0,
         top_p: float = 1.0,
         max_prompt_length: int = 256,
-        chat_template: bool = False,
+        chat_template: bool | None = None,
         mapping: str = "gaussian",
         mapping_weights: list[float] | None = None,
         beta: float = 0.1,
