@@ -1,0 +1,1 @@
+"""Bridges to other libraries (``trl``): MOSLIM reward models used where those libraries expect rewards."""
