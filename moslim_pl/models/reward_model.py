@@ -11,9 +11,10 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,8 @@ from moslim_pl.data.collate import right_pad
 from moslim_pl.data.encoding import PairEncoding
 from moslim_pl.errors import MoslimError
 from moslim_pl.models.backbone import is_encoder, load_backbone, load_tokenizer
-from moslim_pl.models.io import atomic_folder
+from moslim_pl.models.card import CARD_FILE, reward_model_card
+from moslim_pl.models.io import atomic_folder, refuse_sequence_classification
 from moslim_pl.models.lora import is_lora, merged_copy
 from moslim_pl.models.sharding import is_sharded
 from moslim_pl.prefix import parse_prefix
@@ -36,6 +38,12 @@ log = logging.getLogger(__name__)
 RM_CONFIG = "moslim_rm.json"
 HEADS_FILE = "heads.safetensors"
 FORMAT_VERSION = 1
+RM_ARCHITECTURE = "MoslimMultiHeadRewardModel"
+RM_NOTE = (
+    "A MOSLIM multi-head reward model, not a sequence classifier: load it with "
+    "moslim_pl.models.reward_model.MultiHeadRewardModel.from_pretrained (or, in TRL, "
+    "moslim_pl.integrations.trl.reward_function); AutoModel loads the backbone alone."
+)
 POOLINGS = ("auto", "last", "cls", "mean")
 
 
@@ -272,12 +280,21 @@ class MultiHeadRewardModel(nn.Module):
             if not key.startswith("backbone.")
         }
 
-    def save_pretrained(self, folder: str | Path, state_dict: Mapping[str, Tensor] | None = None) -> None:
+    def save_pretrained(
+        self,
+        folder: str | Path,
+        state_dict: Mapping[str, Tensor] | None = None,
+        training: Mapping[str, Any] | None = None,
+    ) -> None:
         """Export to a Hugging Face-format folder, atomically (staged in a sibling folder, then renamed).
 
         The folder holds the backbone's own files (``AutoModel.from_pretrained(folder)`` loads it alone),
         the tokenizer's files, ``moslim_rm.json`` (schema, pooling, encoding) and ``heads.safetensors``
-        (heads and running statistics). An existing folder is replaced only once the new one is complete.
+        (heads and running statistics), and a ``README.md`` model card (``training``: what
+        ``moslim_pl.models.card.training_summary`` says about the run, shown in the card). Loading the
+        folder with ``AutoModelForSequenceClassification`` is refused (``models.io.refuse_sequence_classification``):
+        it would put a random one-logit head on the backbone. An existing folder is replaced only once the
+        new one is complete.
         ``state_dict``: the full weights to write instead of the module's own (a sharded model's,
         gathered with ``moslim_pl.models.sharding.full_state_dict``). A backbone with LoRA adapters
         (``RewardModelModule(lora=...)``) is written merged, as the plain backbone.
@@ -305,6 +322,18 @@ class MultiHeadRewardModel(nn.Module):
                 "encoding": self.encoding.to_dict(),
             }
             (staging / RM_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+            refuse_sequence_classification(staging, RM_ARCHITECTURE, RM_NOTE)
+            card = reward_model_card(
+                self._dimensions,
+                self.pooling,
+                self.encoding.to_dict(),
+                self.stats_mean.detach().float().cpu(),
+                self.stats_std.detach().float().cpu(),
+                float(self.stats_count),
+                type(backbone.get_base_model() if is_lora(backbone) else backbone).__name__,
+                training,
+            )
+            (staging / CARD_FILE).write_text(card)
         log.info("exported reward model to %s", folder)
 
     @classmethod
@@ -318,8 +347,10 @@ class MultiHeadRewardModel(nn.Module):
         config = _read_config(folder)
         has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
         tokenizer = load_tokenizer(str(folder)) if has_tokenizer else None
+        with _quiet_transformers():  # the refusal's empty head tensors are reported as unexpected
+            backbone = load_backbone(str(folder), dtype=dtype)
         model = cls(
-            load_backbone(str(folder), dtype=dtype),
+            backbone,
             config["dimensions"],
             pooling=config["pooling"],
             tokenizer=tokenizer,
@@ -337,6 +368,19 @@ class MultiHeadRewardModel(nn.Module):
             )
         model.load_state_dict(state, strict=False)
         return model
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' warnings (its loading report) off for the block; errors still show."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _read_config(folder: Path) -> dict:

@@ -33,6 +33,7 @@ from moslim_pl.errors import MoslimError
 from moslim_pl.evaluation import controllability
 from moslim_pl.generation import resolve_chat_template
 from moslim_pl.models.backbone import TINY_BACKBONES, load_causal_lm, load_tokenizer
+from moslim_pl.models.card import CARD_FILE, policy_card, training_summary
 from moslim_pl.models.io import save_pretrained_atomic
 from moslim_pl.models.lora import LoRAConfig, apply_lora, is_lora, merged_copy, reference_mode
 from moslim_pl.models.reward_model import MultiHeadRewardModel
@@ -51,6 +52,7 @@ from moslim_pl.rollout import (
 log = logging.getLogger(__name__)
 
 _SAMPLE_ROWS = 8  # rows of the text table logged to TensorBoard
+ADAPTER_FOLDER = "adapter"  # a LoRA policy's PEFT adapter, inside its export
 
 
 _CELL_CHARS = 300  # long prompts (documents to summarize...) keep their start and their end
@@ -397,11 +399,34 @@ class PolicyModule(LightningModule):
         )
 
     def export(self, folder: str | Path) -> Path:
-        """Write the policy (LoRA adapters merged) and its tokenizer as a Hugging Face folder, atomically.
+        """Write the policy (LoRA adapters merged), its tokenizer and a ``README.md`` model card as a Hugging
+        Face folder, atomically. ``load_causal_lm(folder)`` and ``AutoModelForCausalLM.from_pretrained(folder)``
+        reload it.
 
-        ``load_causal_lm(folder)`` and ``AutoModelForCausalLM.from_pretrained(folder)`` reload it.
+        With ``lora``, ``<folder>/adapter`` also holds the adapters alone in PEFT's layout
+        (``adapter_config.json``, ``adapter_model.safetensors``, tokenizer, card): ``PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(policy), "<folder>/adapter")`` gives the merged model's
+        log-probs (``docs/user_guide.md``, "Exports"). Not under FSDP2 sharding (the merged model only).
         """
-        policy = merged_copy(self.policy) if is_lora(self.policy) else self.policy
-        save_pretrained_atomic(folder, policy, self.tokenizer)
+        lora = is_lora(self.policy)
+        policy = merged_copy(self.policy) if lora else self.policy
+        training = training_summary(self)
+        dimensions = self.rm.dimensions
+        base = str(self.hparams.policy)
+        write_adapter = lora and not is_sharded(self.policy)
+        if lora and not write_adapter:
+            log.warning(
+                "the policy is sharded: its export holds the merged model only, no PEFT adapter folder"
+            )
+
+        def extra(staging: Path) -> None:
+            (staging / CARD_FILE).write_text(policy_card(base, dimensions, training))
+            if write_adapter:
+                adapter = staging / ADAPTER_FOLDER
+                self.policy.save_pretrained(adapter)
+                self.tokenizer.save_pretrained(adapter)
+                (adapter / CARD_FILE).write_text(policy_card(base, dimensions, training, adapter=True))
+
+        save_pretrained_atomic(folder, policy, self.tokenizer, extra=extra)
         log.info("exported the policy to %s", folder)
-        return folder
+        return Path(folder)

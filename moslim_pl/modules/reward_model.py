@@ -22,6 +22,7 @@ from moslim_pl.errors import MoslimError
 from moslim_pl.evaluation.plots import confusion_matrix_image
 from moslim_pl.losses import multi_head_cross_entropy, pair_scores
 from moslim_pl.models.backbone import load_backbone, load_tokenizer
+from moslim_pl.models.card import training_summary
 from moslim_pl.models.lora import LoRAConfig, apply_lora
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.models.sharding import fsdp1_root, full_state_dict, is_rank_zero, shard_mesh, shard_model
@@ -235,5 +236,5 @@ class RewardModelModule(MetricEvalHooks, LightningModule):
         """
         state = full_state_dict(self.rm, root=fsdp1_root(self))
         if is_rank_zero():
-            self.rm.save_pretrained(folder, state_dict=state)
+            self.rm.save_pretrained(folder, state_dict=state, training=training_summary(self))
         return Path(folder)

@@ -22,6 +22,7 @@ from moslim_pl.data.sft import SFTBatch, SFTEncoding
 from moslim_pl.data.types import IGNORE_LABEL
 from moslim_pl.generation import resolve_chat_template
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
+from moslim_pl.models.card import CARD_FILE, policy_card, training_summary
 from moslim_pl.models.io import save_pretrained_atomic
 from moslim_pl.models.sharding import fsdp1_root, shard_mesh, shard_model
 from moslim_pl.modules.optim import adamw_with_warmup
@@ -142,13 +143,21 @@ class SFTModule(MetricEvalHooks, LightningModule):
         return adamw_with_warmup(self.named_parameters(), hp.learning_rate, hp.weight_decay, hp.warmup_steps)
 
     def export(self, folder: str | Path) -> Path:
-        """Write model, generation config and tokenizer as a Hugging Face folder, atomically.
+        """Write model, generation config, tokenizer and a ``README.md`` model card as a Hugging Face folder,
+        atomically.
 
         Staged in a sibling folder and renamed, so an existing export is replaced only by a complete one.
         Under FSDP every rank must call it (the shards are gathered); rank 0 writes.
         """
         if self.lm is None:
             raise RuntimeError("the model is built in configure_model(); call it first")
-        folder = save_pretrained_atomic(folder, self.lm, self.tokenizer, fsdp_root=fsdp1_root(self))
+        card = policy_card(str(self.hparams.model), None, training_summary(self))
+        folder = save_pretrained_atomic(
+            folder,
+            self.lm,
+            self.tokenizer,
+            fsdp_root=fsdp1_root(self),
+            extra=lambda staging: (staging / CARD_FILE).write_text(card),
+        )
         log.info("exported the fine-tuned model to %s", folder)
         return folder

@@ -206,8 +206,10 @@ def test_export_round_trip(name: str, tokenizer, tmp_path) -> None:
         "moslim_rm.json",
         "heads.safetensors",
     } <= names
-    # safe to load: weights are safetensors, nothing is pickled (no .bin / .pt / .pkl)
-    assert {Path(n).suffix for n in names} <= {".json", ".safetensors", ".jinja", ".txt", ".model"}, names
+    # safe to load: weights are safetensors, nothing is pickled (no .bin / .pt / .pkl); README.md: the card
+    assert {Path(n).suffix for n in names} <= {".json", ".safetensors", ".jinja", ".txt", ".model", ".md"}, (
+        names
+    )
     meta = json.loads((folder / "moslim_rm.json").read_text())
     assert meta["format_version"] == 1 and meta["pooling"] == model.pooling
     assert meta["dimensions"] == [d.to_dict() for d in DIMS]
