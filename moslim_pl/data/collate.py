@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 import torch
 
@@ -19,13 +19,18 @@ class RewardExample(TypedDict):
     """[S][K] class index per head, or ``IGNORE_LABEL``."""
     pair_dim: int | None
     """Head judging the pair, ``ALL_HEADS``; ``None`` for a pointwise row."""
+    margin: NotRequired[float]
+    """Margin of a pair (0 when absent)."""
+    prompt_index: NotRequired[int]
+    """Id of the row's prompt within its split (absent: the batch carries no ``prompt_ids``)."""
 
 
 def collate_reward_batch(examples: Sequence[RewardExample], pad_token_id: int) -> RewardBatch:
     """Flatten the examples' sequences and right-pad them to the longest one in the batch.
 
     Returns a ``RewardBatch`` with N = total sequences, T = longest sequence, K heads and one pair
-    ``(chosen, rejected)`` of row indices into the N sequences per pairwise example.
+    ``(chosen, rejected)`` of row indices into the N sequences per pairwise example, the pairs' margins
+    ``[P]`` and, when every example has a ``prompt_index``, each sequence's prompt id ``[N]``.
     """
     if not examples:
         raise ValueError("cannot collate an empty batch")
@@ -33,6 +38,8 @@ def collate_reward_batch(examples: Sequence[RewardExample], pad_token_id: int) -
     labels: list[list[int]] = []
     pairs: list[tuple[int, int]] = []
     pair_dims: list[int] = []
+    margins: list[float] = []
+    prompt_ids: list[int] = []
     for example in examples:
         ids, example_labels = example["input_ids"], example["labels"]
         if len(ids) not in (1, 2) or len(example_labels) != len(ids):
@@ -44,6 +51,9 @@ def collate_reward_batch(examples: Sequence[RewardExample], pad_token_id: int) -
             pairs.append((len(sequences), len(sequences) + 1))
             pair_dim = example.get("pair_dim")
             pair_dims.append(ALL_HEADS if pair_dim is None else pair_dim)
+            margins.append(float(example.get("margin", 0.0)))
+        if "prompt_index" in example:
+            prompt_ids.extend([example["prompt_index"]] * len(ids))
         sequences.extend(ids)
         labels.extend(example_labels)
 
@@ -59,6 +69,8 @@ def collate_reward_batch(examples: Sequence[RewardExample], pad_token_id: int) -
         labels=torch.tensor(labels, dtype=torch.long),
         pairs=torch.tensor(pairs, dtype=torch.long).reshape(-1, 2),
         pair_dims=torch.tensor(pair_dims, dtype=torch.long),
+        pair_margins=torch.tensor(margins, dtype=torch.float32),
+        prompt_ids=torch.tensor(prompt_ids, dtype=torch.long) if len(prompt_ids) == len(sequences) else None,
     )
 
 

@@ -6,18 +6,20 @@ from dataclasses import asdict, dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from moslim_pl.data.messages import Messages, as_dicts, render_plain
 from moslim_pl.errors import MoslimError
 
 
-def _chat(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> list[int]:
-    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+def _chat(tokenizer: PreTrainedTokenizerBase, prompt: str | Messages, response: str) -> list[int]:
+    turns = as_dicts(prompt) if isinstance(prompt, tuple) else [{"role": "user", "content": prompt}]
+    messages = [*turns, {"role": "assistant", "content": response}]
     out = tokenizer.apply_chat_template(messages, tokenize=True)
     return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
 
 
 def encode_prompt_response(
     tokenizer: PreTrainedTokenizerBase,
-    prompt: str,
+    prompt: str | Messages,
     response: str,
     max_length: int,
     chat_template: bool = False,
@@ -29,7 +31,17 @@ def encode_prompt_response(
     the tiny tokenizer's ``p [SEP] r [EOS]``). ``max_prompt_length`` first keeps only the prompt's first
     tokens, so that long contexts do not crowd out the response. When the pair is still too long the
     prompt is shortened from its end; the response is only cut when it alone does not fit.
+
+    A conversation (``Messages``, docs/user_guide.md "TRL formats and conversations") is rendered by the
+    chat template with all its turns, or without one as :func:`moslim_pl.data.messages.render_plain`
+    text that is then read like a text prompt. Over ``max_length``, a templated conversation keeps its
+    last ``max_length`` tokens (the response and the latest turns).
     """
+    if isinstance(prompt, tuple):
+        if chat_template:
+            ids = _chat(tokenizer, prompt, response)
+            return ids if len(ids) <= max_length else ids[-max_length:]
+        prompt = render_plain(prompt)
     if max_prompt_length is not None:
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         if len(prompt_ids) > max_prompt_length:
@@ -75,7 +87,7 @@ class PairEncoding:
                 f"max_prompt_length must be in [0, max_length={self.max_length}), got {self.max_prompt_length}"
             )
 
-    def encode(self, tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> list[int]:
+    def encode(self, tokenizer: PreTrainedTokenizerBase, prompt: str | Messages, response: str) -> list[int]:
         return encode_prompt_response(
             tokenizer, prompt, response, self.max_length, self.chat_template, self.max_prompt_length
         )

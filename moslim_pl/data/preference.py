@@ -37,7 +37,7 @@ from moslim_pl.data.sources import (
     read_rows,
     resolve_dimensions,
 )
-from moslim_pl.data.types import IGNORE_LABEL
+from moslim_pl.data.types import ALL_HEADS, IGNORE_LABEL
 from moslim_pl.errors import MoslimError
 from moslim_pl.schema import Dimension, describe_dimensions
 
@@ -278,17 +278,16 @@ class PreferenceDataModule(SamplerStateMixin, LightningDataModule):
             log.info("%s: %d rows (%d pairwise), %d prompts", split, len(rows), pairs, prompts)
 
     def _check_every_head_has_labels(self, rows: Sequence[PreferenceRow]) -> None:
-        """A head without a single training label is a misnamed column, not something to train.
-
-        Pairwise-only sources carry no labels by design (they measure preference accuracy) and pass.
-        """
-        if all(row.pair_dim is not None for row in rows):
-            return
+        """A head with neither a training label nor a training pair is a misnamed column or dimension,
+        not something to train (it would stay at its random initialization)."""
+        judged = {row.pair_dim for row in rows if row.pair_dim is not None}
         for k, dim in enumerate(self.dimensions):
+            if k in judged or ALL_HEADS in judged:
+                continue
             if not any(labels[k] != IGNORE_LABEL for row in rows for labels in row.labels):
                 raise DataError(
-                    f"{describe(self.sources)}: dimension {dim.name!r} has no label in the training rows "
-                    f"(column {dim.source_column!r} missing or empty)"
+                    f"{describe(self.sources)}: dimension {dim.name!r} has no label and no pair in the training "
+                    f"rows (column {dim.source_column!r} missing or empty, and no pair judged on it)"
                 )
 
     def _take_model_settings(self) -> None:
@@ -341,11 +340,14 @@ class PreferenceDataModule(SamplerStateMixin, LightningDataModule):
         def encode(prompt: str, response: str) -> list[int]:
             return self.encoding.encode(self.tokenizer, prompt, response)
 
+        prompt_ids: dict[str, int] = {}
         return [
             RewardExample(
                 input_ids=[encode(row.prompt, response) for response in row.responses],
                 labels=[list(labels) for labels in row.labels],
                 pair_dim=row.pair_dim,
+                margin=row.margin,
+                prompt_index=prompt_ids.setdefault(row.prompt, len(prompt_ids)),
             )
             for row in rows
         ]

@@ -10,7 +10,7 @@ the head that judges the pair).
 | ``helpsteer``, ``helpsteer2`` | ``nvidia/HelpSteer``, ``nvidia/HelpSteer2`` | pointwise | helpfulness, correctness, coherence, complexity, verbosity (0-4) |
 | ``ultrafeedback`` | ``openbmb/UltraFeedback`` | pointwise, one per completion | helpfulness, honesty, instruction_following, truthfulness (1-5) |
 | ``pku_saferlhf`` | ``PKU-Alignment/PKU-SafeRLHF`` | pointwise + pairwise | harmlessness (0-3); pairs on helpfulness and harmlessness |
-| ``hh_rlhf`` | ``Anthropic/hh-rlhf`` | pairwise | none; pairs on one dimension (option ``dimension``) |
+| ``hh_rlhf`` | ``Anthropic/hh-rlhf`` | pairwise | the judged ``dimension`` (option; 0-4, trained by its pairs) |
 
 Each schema declares the dimensions its rows label; the reward model's heads are the union over its
 sources unless the config declares ``dimensions``. Converters name labels by the schema's dimension
@@ -106,6 +106,12 @@ class Schema:
     name: str
     convert: Converter
     dimensions: tuple[Dimension, ...]
+    declare: Callable[[Mapping[str, Any]], tuple[Dimension, ...]] | None = None
+    """The dimensions as a function of the source's ``schema_options`` (else ``dimensions``)."""
+
+    def dimensions_for(self, options: Mapping[str, Any] | None) -> tuple[Dimension, ...]:
+        """The dimensions a source with these ``schema_options`` labels or judges."""
+        return self.declare(options or {}) if self.declare is not None else self.dimensions
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -116,12 +122,16 @@ class Schema:
 SCHEMAS: dict[str, Schema] = {}
 
 
-def register(*names: str, dimensions: Sequence[Dimension] = ()) -> Callable[[Converter], Converter]:
-    """Register a converter under one or more schema names."""
+def register(
+    *names: str,
+    dimensions: Sequence[Dimension] = (),
+    declare: Callable[[Mapping[str, Any]], tuple[Dimension, ...]] | None = None,
+) -> Callable[[Converter], Converter]:
+    """Register a converter under one or more schema names (``declare``: dimensions from the options)."""
 
     def decorate(convert: Converter) -> Converter:
         for name in names:
-            SCHEMAS[name] = Schema(name, convert, tuple(dimensions))
+            SCHEMAS[name] = Schema(name, convert, tuple(dimensions), declare)
         return convert
 
     return decorate
@@ -346,7 +356,16 @@ def split_transcript(transcript: str) -> tuple[str, str] | None:
     return transcript[:cut].strip(), transcript[cut + len(ASSISTANT) :].strip()
 
 
-@register("hh_rlhf")
+PAIR_ONLY_LEVELS = (0, 4)
+"""Levels of a head that only pairs train (as HelpSteer's 0-4, so that the two mix into one head)."""
+
+
+def _hh_dimensions(options: Mapping[str, Any]) -> tuple[Dimension, ...]:
+    dimension = options.get("dimension", "helpfulness")
+    return () if dimension is None else (Dimension(str(dimension), *PAIR_ONLY_LEVELS),)
+
+
+@register("hh_rlhf", declare=_hh_dimensions)
 def hh_rlhf(
     dataset: datasets.Dataset, heads: Heads, *, dimension: str | None = "helpfulness"
 ) -> list[PreferenceRow]:
@@ -356,8 +375,10 @@ def hh_rlhf(
     ``"\\n\\nHuman: ...\\n\\nAssistant: ..."`` that share everything before the final assistant turn.
     Output: one pairwise row per input row: the shared prompt (see :func:`split_transcript`), the
     chosen and the rejected final responses, judged on ``dimension`` (option; ``null``: every head).
-    No labels, so the schema declares no dimension. Rows whose transcripts differ before the final
-    turn are skipped.
+    The schema declares that dimension with levels 0-4 (``PAIR_ONLY_LEVELS``), which the pairs train
+    through the Bradley-Terry loss on its expected level; ``null`` declares none. Rows whose
+    transcripts differ before the final turn, and rows whose two final responses are identical (a
+    quirk of the public data), are skipped and counted.
     """
     table = _columns(dataset, heads, "hh_rlhf", ["chosen", "rejected"])
     rows = []
@@ -373,6 +394,8 @@ def hh_rlhf(
             heads.skipped["chosen and rejected differ before the final assistant turn"] += 1
         elif not prompt:
             raise heads.error(i, "chosen", "empty prompt before the final assistant turn")
+        elif good and bad and good == bad:
+            heads.skipped["chosen and rejected responses are identical"] += 1
         elif good and bad:
             pair = heads.pair(prompt, good, bad, dimension)
             if pair is not None:

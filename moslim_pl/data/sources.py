@@ -6,8 +6,13 @@ files) or the embedded synthetic world. Two row kinds are detected from the colu
 - **pointwise**: ``prompt``, ``response`` and one integer column per dimension. A row may lack some
   dimension columns or hold ``None``/``"N/A"`` there; that head then ignores the row.
 - **pairwise**: ``prompt``, ``chosen``, ``rejected``; optionally a column naming the dimension the pair
-  judges (else every head judges it) and per-response labels in ``<column>_chosen`` /
-  ``<column>_rejected`` columns (UltraFeedback's ``score_chosen`` style).
+  judges (else every head judges it), a ``margin`` column (TRL's) and per-response labels in
+  ``<column>_chosen`` / ``<column>_rejected`` columns (UltraFeedback's ``score_chosen`` style). Without
+  a ``prompt`` column the shared start of ``chosen`` and ``rejected`` is the prompt (TRL's
+  implicit-prompt form).
+
+Cells may hold text or conversations (TRL's conversational formats, ``moslim_pl.data.messages``): a
+prompt as a list of ``{"role", "content"}`` messages, a response as one assistant message.
 
 A source with a ``schema`` (HelpSteer, UltraFeedback, PKU-SafeRLHF, HH-RLHF) is instead read by that
 dataset's converter in ``moslim_pl.data.schemas``.
@@ -26,6 +31,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import datasets
 
+from moslim_pl.data.messages import Messages, assistant_text, is_conversation, split_implicit, to_messages
 from moslim_pl.data.types import ALL_HEADS, IGNORE_LABEL
 from moslim_pl.errors import MoslimError
 from moslim_pl.schema import Dimension, check_dimensions
@@ -52,6 +58,8 @@ class DataSource:
         path: ``"synthetic"`` (the embedded world), a builder (``"json"``, ``"csv"``, ``"parquet"``) used
             with ``data_files``, a single local data file, a local folder or a hub id.
         name: the dataset configuration name.
+        data_dir: a folder inside the dataset (``load_dataset``'s ``data_dir``; e.g. ``harmless-base``
+            of ``Anthropic/hh-rlhf``).
         data_files: file(s) for a builder path.
         split: the split to read.
         revision: git revision of a hub dataset.
@@ -65,6 +73,7 @@ class DataSource:
 
     path: str = SYNTHETIC
     name: str | None = None
+    data_dir: str | None = None
     data_files: str | list[str] | None = None
     split: str = "train"
     revision: str | None = None
@@ -79,6 +88,8 @@ class DataSource:
     def describe(self) -> str:
         """Short name for messages, e.g. ``json:data.jsonl`` or ``nvidia/HelpSteer[validation]``."""
         text = self.path if self.name is None else f"{self.path}/{self.name}"
+        if self.data_dir is not None:
+            text += f"/{self.data_dir}"
         if self.data_files:
             files = [self.data_files] if isinstance(self.data_files, str) else list(self.data_files)
             text += ":" + files[0] + (f" (+{len(files) - 1} more)" if len(files) > 1 else "")
@@ -100,12 +111,15 @@ class SyntheticConfig:
 class PreferenceRow(NamedTuple):
     """One validated row: a prompt, one (pointwise) or two (chosen, rejected) responses and their classes."""
 
-    prompt: str
+    prompt: str | Messages
+    """Text, or a conversation ending with the user turn the responses answer."""
     responses: tuple[str, ...]
     labels: tuple[tuple[int, ...], ...]
     """[len(responses)][K] class index per head, or ``IGNORE_LABEL``."""
     pair_dim: int | None
     """Head judging the pair, ``ALL_HEADS``, or ``None`` for a pointwise row."""
+    margin: float = 0.0
+    """How far the chosen response's score should exceed the rejected one's (pairs; TRL's ``margin``)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,7 @@ class Columns:
     chosen: str = "chosen"
     rejected: str = "rejected"
     pair_dimension: str | None = None
+    margin: str = "margin"
 
 
 def load_source(
@@ -141,6 +156,8 @@ def load_source(
             if isinstance(file, str) and os.path.isfile(file) and _is_blank(file):
                 raise DataError(f"{desc}: data file {file!r} is empty (no rows)")
         kwargs: dict[str, Any] = {"name": source.name, "data_files": data_files, "split": source.split}
+        if source.data_dir is not None:
+            kwargs["data_dir"] = source.data_dir
         if source.revision is not None:
             kwargs["revision"] = source.revision
         if trust_remote_code:  # recent `datasets` reject the argument altogether, so only pass it on request
@@ -203,17 +220,19 @@ def read_rows(
     """Validate every row of ``dataset`` and turn its labels into class indices.
 
     The row kind is detected from the columns: ``columns.response`` present means pointwise, else
-    ``columns.chosen`` and ``columns.rejected`` mean pairwise.
+    ``columns.chosen`` and ``columns.rejected`` mean pairwise (with ``columns.prompt``, or without it:
+    the implicit-prompt form). Text and conversational cells are both read (module docstring).
     """
     names = set(dataset.column_names)
 
     def fail(message: str) -> DataError:
         return DataError(f"{description}: {message}; columns are {', '.join(sorted(names))}")
 
-    if columns.prompt not in names:
-        raise fail(f"missing column {columns.prompt!r}")
-    pair_column = None
+    has_prompt = columns.prompt in names
+    pair_column = margin_column = None
     if columns.response in names:
+        if not has_prompt:
+            raise fail(f"missing column {columns.prompt!r}")
         text_columns = [columns.response]
         label_columns = [[d.source_column for d in dimensions]]
         if not names.intersection(label_columns[0]):
@@ -230,23 +249,25 @@ def read_rows(
         pair_column = columns.pair_dimension
         if pair_column is not None and pair_column not in names:
             raise fail(f"missing pair dimension column {pair_column!r}")
+        margin_column = columns.margin if columns.margin in names else None
     else:
-        raise fail(
-            f"missing column {columns.response!r} (pointwise rows) or {columns.chosen!r} and "
-            f"{columns.rejected!r} (pairwise rows)"
-        )
+        missing = f"missing column {columns.response!r} (pointwise rows) or {columns.chosen!r} and "
+        raise fail(missing + f"{columns.rejected!r} (pairwise rows)")
 
-    wanted = [columns.prompt, *text_columns, *(c for cols in label_columns for c in cols if c in names)]
-    if pair_column is not None:
-        wanted.append(pair_column)
+    wanted = [*([columns.prompt] if has_prompt else []), *text_columns]
+    wanted += [c for cols in label_columns for c in cols if c in names]
+    wanted += [c for c in (pair_column, margin_column) if c is not None]
     # One columnar read: row-wise access to an Arrow table is far slower.
     table = dataset.select_columns(list(dict.fromkeys(wanted))).to_dict()
     dim_index = {d.name: k for k, d in enumerate(dimensions)}
 
     rows = []
     for i in range(len(dataset)):
-        prompt = check_text(table[columns.prompt][i], _where(description, i, columns.prompt))
-        texts = tuple(check_text(table[c][i], _where(description, i, c)) for c in text_columns)
+        row_where = f"{description} row {i}"
+        try:
+            prompt, texts = _prompt_and_texts(table, i, has_prompt, columns.prompt, text_columns, row_where)
+        except MoslimError as err:
+            raise DataError(str(err)) from None
         labels = tuple(
             tuple(
                 check_label(dim, table[c][i], _where(description, i, c)) if c in table else IGNORE_LABEL
@@ -263,8 +284,44 @@ def read_rows(
                 raise DataError(f"{where}: unknown dimension {value!r} (known: {', '.join(dim_index)})")
             if name:
                 pair_dim = dim_index[name]
-        rows.append(PreferenceRow(prompt, texts, labels, pair_dim))
+        margin = 0.0
+        if margin_column is not None and table[margin_column][i] is not None:
+            margin = _margin(table[margin_column][i], _where(description, i, margin_column))
+        rows.append(PreferenceRow(prompt, texts, labels, pair_dim, margin))
     return rows
+
+
+def _prompt_and_texts(
+    table: dict[str, list], i: int, has_prompt: bool, prompt_column: str, text_columns: list[str], where: str
+) -> tuple[str | Messages, tuple[str, ...]]:
+    """A row's prompt (text or conversation) and its one or two response texts, validated."""
+    if not has_prompt:  # implicit prompt: the shared start of chosen and rejected
+        prompt, good, bad = split_implicit(table[text_columns[0]][i], table[text_columns[1]][i], where)
+        return prompt, (good, bad)
+    value = table[prompt_column][i]
+    column_where = f"{where}, column {prompt_column!r}"
+    if is_conversation(value):
+        prompt = to_messages(value, column_where)
+        if prompt[-1][0] != "user":
+            raise MoslimError(
+                f"{column_where}: the conversation must end with a user turn, not {prompt[-1][0]}"
+            )
+    else:
+        prompt = check_text(value, column_where)
+    texts = tuple(assistant_text(table[c][i], f"{where}, column {c!r}") for c in text_columns)
+    if len(texts) == 2 and texts[0] == texts[1]:
+        raise MoslimError(f"{where}: {text_columns[0]!r} and {text_columns[1]!r} are identical")
+    return prompt, texts
+
+
+def _margin(value: Any, where: str) -> float:
+    try:
+        margin = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: margin {value!r} is not a number") from None
+    if not math.isfinite(margin):
+        raise DataError(f"{where}: margin {value!r} is not finite")
+    return margin
 
 
 def _where(description: str, row: int, column: str) -> str:
@@ -325,7 +382,7 @@ def resolve_dimensions(
         if src.schema is not None:
             from moslim_pl.data.schemas import get_schema
 
-            own = get_schema(src).dimensions
+            own = get_schema(src).dimensions_for(src.schema_options)
         elif src.is_synthetic:
             from moslim_pl.data.synthetic import DIMENSIONS
 

@@ -29,3 +29,8 @@ class RewardBatch(NamedTuple):
     """[P, 2] long, row indices into the N sequences: (chosen, rejected)."""
     pair_dims: Tensor
     """[P] long, the head a pair judges, or ``ALL_HEADS``."""
+    pair_margins: Tensor | None = None
+    """[P] float, how far the chosen score should exceed the rejected one (TRL's ``margin``); ``None``: 0."""
+    prompt_ids: Tensor | None = None
+    """[N] long, one id per distinct prompt of the split (``val/rank_acc`` compares responses within a
+    prompt); ``None``: unknown."""

@@ -1,4 +1,6 @@
-"""LightningModule that trains the multi-head classification reward model (one cross-entropy per head)."""
+"""LightningModule that trains the multi-head classification reward model: one cross-entropy per head on
+labelled responses, a Bradley-Terry loss on the judged head's expected level for preference pairs
+(``moslim_pl.losses.pairwise``; docs/user_guide.md, "Pairs train the heads")."""
 
 from __future__ import annotations
 
@@ -14,13 +16,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchmetrics.utilities import dim_zero_cat
 
 from moslim_pl.data.encoding import PairEncoding
 from moslim_pl.data.sources import as_dataclass
 from moslim_pl.data.types import IGNORE_LABEL, RewardBatch
 from moslim_pl.errors import MoslimError
 from moslim_pl.evaluation.plots import confusion_matrix_image
-from moslim_pl.losses import multi_head_cross_entropy, pair_scores
+from moslim_pl.losses import bradley_terry_loss, multi_head_cross_entropy, pair_accuracy, pair_scores
+from moslim_pl.losses.pairwise import within_prompt_rank_counts
 from moslim_pl.models.backbone import load_backbone, load_tokenizer
 from moslim_pl.models.card import training_summary
 from moslim_pl.models.lora import LoRAConfig, apply_lora
@@ -42,9 +46,42 @@ def _head_metrics(num_levels: int) -> MetricCollection:
             "mae": MeanMetric(),
             "confusion": MulticlassConfusionMatrix(num_levels, ignore_index=IGNORE_LABEL),
             "count": SumMetric(),
+            "pair_acc": MeanMetric(),
+            "pair_count": SumMetric(),
         },
         compute_groups=False,
     )
+
+
+class WithinPromptRankAccuracy(Metric):
+    """``val/rank_acc/<head>``: the share of same-prompt response pairs with different labels that a head's
+    expected level orders correctly (``moslim_pl.losses.pairwise.within_prompt_rank_counts``).
+
+    Responses to one prompt may fall into different batches (and ranks), so the scores are gathered
+    over the whole epoch and compared at ``compute``.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("labels", default=[], dist_reduce_fx="cat")
+        self.add_state("prompt_ids", default=[], dist_reduce_fx="cat")
+
+    def update(self, scores: Tensor, labels: Tensor, prompt_ids: Tensor) -> None:
+        """scores [N, K] float, labels [N, K] long, prompt_ids [N] long."""
+        self.scores.append(scores.detach().float())
+        self.labels.append(labels)
+        self.prompt_ids.append(prompt_ids)
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        """``(correct [K], count [K])``; no data: empty tensors."""
+        if isinstance(self.scores, list) and not self.scores:
+            return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+        return within_prompt_rank_counts(
+            dim_zero_cat(self.scores), dim_zero_cat(self.labels), dim_zero_cat(self.prompt_ids)
+        )
 
 
 class RewardModelModule(MetricEvalHooks, LightningModule):
@@ -66,6 +103,9 @@ class RewardModelModule(MetricEvalHooks, LightningModule):
         lora: train LoRA adapters on the backbone instead of its weights (the heads stay fully trainable);
             the export merges them, so it is a plain backbone that ``MultiHeadRewardModel.from_pretrained``
             reloads. ``target_modules: [all-linear]`` takes every linear layer of the backbone.
+        pair_loss_weight: weight of the Bradley-Terry loss of preference pairs against the cross-entropy
+            of labelled responses: ``loss = CE + pair_loss_weight * BT`` (each the mean over the heads
+            that have labels, resp. pairs, in the batch). 0 leaves pairs to validation only.
     """
 
     def __init__(
@@ -84,8 +124,11 @@ class RewardModelModule(MetricEvalHooks, LightningModule):
         trust_remote_code: bool = False,
         gguf_file: str | None = None,
         lora: LoRAConfig | None = None,
+        pair_loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        if pair_loss_weight < 0:
+            raise MoslimError(f"pair_loss_weight must be non-negative, got {pair_loss_weight}")
         self.save_hyperparameters()
         self.lora = as_dataclass(LoRAConfig, lora)
         self.hparams["lora"] = None if self.lora is None else asdict(self.lora)  # plain, for checkpoints
@@ -120,6 +163,7 @@ class RewardModelModule(MetricEvalHooks, LightningModule):
                 )
             self.val_metrics = nn.ModuleDict({d.name: _head_metrics(d.num_levels) for d in dimensions})
             self.val_pair_acc = MeanMetric()
+            self.val_rank_acc = WithinPromptRankAccuracy()
         # from_pretrained returns modules in eval mode, and Lightning keeps each submodule's mode:
         # without this, dropout would stay off during training
         self.rm.train()
@@ -147,25 +191,46 @@ class RewardModelModule(MetricEvalHooks, LightningModule):
         return self.rm(input_ids, attention_mask)
 
     # ------------------------------------------------------------------ steps
+    def _losses(self, logits: Tensor, batch: RewardBatch) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``(probs [N, K, L], expected [N, K], loss [], ce terms, pair terms)`` of a batch.
+
+        The loss is ``CE + pair_loss_weight * BT``; ``ce`` and ``bt`` are ``(loss, per_head, has)`` triples.
+        """
+        ce = multi_head_cross_entropy(logits, batch.labels)
+        probs = logits.float().softmax(-1)
+        expected = expected_level(probs)  # [N, K] in class units: the pairs' score
+        bt = bradley_terry_loss(expected, batch.pairs, batch.pair_dims, batch.pair_margins)
+        return probs, expected, ce[0] + self.hparams.pair_loss_weight * bt[0], ce, bt
+
     def training_step(self, batch: RewardBatch, batch_idx: int) -> dict[str, Tensor]:
         logits = self(batch.input_ids, batch.attention_mask)
-        loss, per_head, has_labels = multi_head_cross_entropy(logits, batch.labels)
+        probs, _, loss, (_, per_head, has_labels), (pair_loss, pair_per_head, has_pairs) = self._losses(
+            logits, batch
+        )
         size = batch.input_ids.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         for k, dim in enumerate(self.dimensions):
             if has_labels[k]:
                 self.log(f"train/loss/{dim.name}", per_head[k], batch_size=size)
-        # the probabilities feed RewardStatsCallback without a second forward pass
-        return {"loss": loss, "probs": logits.detach().float().softmax(-1)}
+            if has_pairs[k]:
+                self.log(f"train/pair_loss/{dim.name}", pair_per_head[k], batch_size=batch.pairs.shape[0])
+        if batch.pairs.numel():
+            self.log("train/pair_loss", pair_loss, batch_size=batch.pairs.shape[0])
+        # the probabilities of every sequence (pairs' sides included) feed RewardStatsCallback without a
+        # second forward pass, so pair-only data still gives the Gaussian mapping its statistics
+        return {"loss": loss, "probs": probs.detach()}
 
     def _eval_step(self, batch: RewardBatch, stage: str) -> None:
         logits = self(batch.input_ids, batch.attention_mask)
-        loss, per_head, has_labels = multi_head_cross_entropy(logits, batch.labels)
+        probs, expected, loss, (_, _, has_labels), _ = self._losses(logits, batch)
         size = batch.input_ids.shape[0]
-        if bool(has_labels.any()):
+        if bool(has_labels.any()) or batch.pairs.numel():
             self.log(f"{stage}/loss", loss, batch_size=size, sync_dist=True)
-        probs = logits.float().softmax(-1)
-        expected = expected_level(probs)  # [N, K] in class units
+        if batch.prompt_ids is not None:
+            self.val_rank_acc.update(expected, batch.labels, batch.prompt_ids)
+        pair_correct, pair_head = (
+            pair_accuracy(expected, batch.pairs, batch.pair_dims) if batch.pairs.numel() else (None, None)
+        )
         for k, dim in enumerate(self.dimensions):
             labels = batch.labels[:, k]
             valid = labels != IGNORE_LABEL
@@ -178,6 +243,11 @@ class RewardModelModule(MetricEvalHooks, LightningModule):
                 pred = head_logits[valid].argmax(-1)
                 metrics["acc_within1"].update(((pred - labels[valid]).abs() <= 1).float())
                 metrics["mae"].update((expected[valid, k] - labels[valid]).abs())
+            judged = pair_head == k if pair_head is not None else None
+            # counted on every step (0 too), so every rank takes the same branch at epoch end
+            metrics["pair_count"].update(0 if judged is None else judged.sum())
+            if judged is not None and bool(judged.any()):
+                metrics["pair_acc"].update(pair_correct[judged])
         if batch.pairs.numel():
             num_levels = torch.tensor([d.num_levels for d in self.dimensions], device=probs.device)
             chosen = pair_scores(probs, num_levels, batch.pair_dims, batch.pairs[:, 0])
@@ -200,13 +270,21 @@ class RewardModelModule(MetricEvalHooks, LightningModule):
                 for name in ("acc", "acc_within1", "mae"):
                     self.log(f"{stage}/{name}/{dim.name}", metrics[name].compute())
                 images.append((dim, metrics["confusion"].compute()))
+            if metrics["pair_count"].compute() > 0:
+                self.log(f"{stage}/pair_acc/{dim.name}", metrics["pair_acc"].compute())
         if self.val_pair_acc.update_count:
             self.log(f"{stage}/pair_acc", self.val_pair_acc.compute())
+        if self.val_rank_acc.update_count:
+            correct, count = (t.reshape(-1) for t in self.val_rank_acc.compute())  # compute squeezes K=1
+            for k, dim in enumerate(self.dimensions):
+                if k < len(count) and count[k] > 0:
+                    self.log(f"{stage}/rank_acc/{dim.name}", (correct[k] / count[k]).float())
         # validate()/test() run under inference mode; states reset there could not be updated by the
         # no-grad validation inside a later fit()
         with torch.inference_mode(False):
             self.val_metrics.apply(lambda m: m.reset() if isinstance(m, Metric) else None)
             self.val_pair_acc.reset()
+            self.val_rank_acc.reset()
         if self.trainer.sanity_checking or self.global_rank != 0:
             return
         for logger in self.loggers:

@@ -39,8 +39,24 @@ def test_mixed_batch_shapes_padding_and_pairs() -> None:
     assert batch.labels.tolist() == [[1, 0], [IGNORE_LABEL] * 2, [IGNORE_LABEL] * 2, [2, IGNORE_LABEL]]
     assert batch.pairs.tolist() == [[1, 2]]
     assert batch.pair_dims.tolist() == [1]
-    for tensor in batch:
+    assert batch.pair_margins.tolist() == [0.0] and batch.pair_margins.dtype == torch.float32
+    assert batch.prompt_ids is None  # the examples carry no prompt_index
+    for tensor in batch[:5]:
         assert tensor.dtype == torch.long
+
+
+def test_margins_and_prompt_ids() -> None:
+    examples = [
+        RewardExample(
+            input_ids=[[1], [2]], labels=[[IGNORE_LABEL]] * 2, pair_dim=0, margin=1.5, prompt_index=0
+        ),
+        RewardExample(input_ids=[[3]], labels=[[1]], pair_dim=None, prompt_index=0),
+        RewardExample(input_ids=[[4], [5]], labels=[[IGNORE_LABEL]] * 2, pair_dim=0, prompt_index=1),
+    ]
+    batch = collate_reward_batch(examples, pad_token_id=PAD)
+    assert batch.pairs.tolist() == [[0, 1], [3, 4]]
+    assert batch.pair_margins.tolist() == [1.5, 0.0]  # a pair without a margin has 0
+    assert batch.prompt_ids.tolist() == [0, 0, 0, 1, 1]  # one id per sequence
 
 
 def test_pairs_index_the_flattened_sequences() -> None:
