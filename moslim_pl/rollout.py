@@ -199,18 +199,28 @@ def score_responses(
     mapping: str = "gaussian",
     weights: Sequence[float] | None = None,
     batch_size: int = 16,
+    sigma_floor: float = 0.0,
+    z_clip: float | None = None,
 ) -> RewardOutput:
     """Reward ``N`` (prompt, response) pairs with the RM; targets come from each prompt's prefix.
 
     ``prompts`` must be the ORIGINAL prompt texts, prefix included, one per response (repeat them with
     ``Rollout.prompt_index``), never the policy's chat-templated text: the RM strips the prefix and
     re-tokenizes with its own tokenizer and encoding. A prompt without prefix gets the RM's default
-    targets.
+    targets. ``sigma_floor`` and ``z_clip`` guard the ``gaussian`` mapping (``MultiHeadRewardModel.score``).
 
     Returns:
         :class:`RewardOutput` of ordinary CPU tensors (float32 where float).
     """
-    out = rm.score(prompts, responses, mapping=mapping, weights=weights, batch_size=batch_size)
+    out = rm.score(
+        prompts,
+        responses,
+        mapping=mapping,
+        weights=weights,
+        batch_size=batch_size,
+        sigma_floor=sigma_floor,
+        z_clip=z_clip,
+    )
     # rm.score resolves the same targets internally; they are recomputed to report them (cheap).
     rows = [parse_prefix(prompt, rm.dimensions)[0] for prompt in prompts]
     requested = resolve_targets(rm.targets_tensor(rows), rm.default_targets_tensor().cpu())

@@ -209,6 +209,8 @@ class MultiHeadRewardModel(nn.Module):
         mapping: str = "gaussian",
         weights: Sequence[float] | None = None,
         batch_size: int = 16,
+        sigma_floor: float = 0.0,
+        z_clip: float | None = None,
     ) -> ScoreOutput:
         """Score (prompt, response) pairs; the prompts' ``<name level>`` prefixes are stripped first.
 
@@ -220,6 +222,8 @@ class MultiHeadRewardModel(nn.Module):
             mapping: a reward mapping of ``moslim_pl.rewards.mapping`` (the running stats feed ``gaussian``).
             weights: ``[K]`` weights of the ``linear`` mapping.
             batch_size: pairs per forward pass.
+            sigma_floor, z_clip: guards of the ``gaussian`` mapping against tiny statistics
+                (``moslim_pl.rewards.mapping.gaussian_mapping``); the defaults leave it unguarded.
         """
         from moslim_pl.rewards.mapping import map_rewards, resolve_targets
 
@@ -246,6 +250,8 @@ class MultiHeadRewardModel(nn.Module):
             std=self.stats_std.detach().float().cpu(),
             num_levels=self.num_levels.cpu(),
             weights=None if weights is None else torch.tensor(weights, dtype=torch.float32),
+            sigma_floor=sigma_floor,
+            z_clip=z_clip,
         )
         return ScoreOutput(out.reward.float(), out.components.float(), out.mask, probs)
 

@@ -50,6 +50,9 @@ class OnlineDPOModule(PolicyModule):
         chat_template: render each prompt as the user turn of the policy tokenizer's chat template;
             ``None`` (default): whenever the tokenizer has one (an explicit ``false`` for a chat model warns).
         mapping, mapping_weights: the reward mapping (``moslim_pl.rewards.mapping``); weights for ``linear``.
+        sigma_floor, z_clip: guards of the ``gaussian`` mapping: a floor on each statistic's sigma and a
+            clamp of each z-term to ``[-z_clip, z_clip]`` (``moslim_pl.rewards.mapping.gaussian_mapping``);
+            the defaults (0, ``None``) are the paper's formula.
         beta: DPO's ``beta``: the implicit reward is ``beta * (log pi - log pi_ref)``.
         learning_rate, weight_decay, warmup_steps: AdamW with linear warm-up then constant.
         max_grad_norm: gradient norm clipping (``None``: off). The Trainer's ``gradient_clip_val`` and
@@ -76,6 +79,8 @@ class OnlineDPOModule(PolicyModule):
         chat_template: bool | None = None,
         mapping: str = "gaussian",
         mapping_weights: list[float] | None = None,
+        sigma_floor: float = 0.0,
+        z_clip: float | None = None,
         beta: float = 0.1,
         learning_rate: float = 1e-5,
         weight_decay: float = 0.0,

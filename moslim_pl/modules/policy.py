@@ -5,7 +5,7 @@ the rollout math itself lives in ``moslim_pl.rollout`` as plain functions. Subcl
 constructor signature (the CLI reads it), call ``save_hyperparameters()`` and then ``_build_models()``.
 Required hyperparameters: policy, reward_model, tiny_config, max_new_tokens, temperature, top_p,
 max_prompt_length, chat_template, mapping, mapping_weights, max_grad_norm, learning_rate, weight_decay,
-warmup_steps, val_temperature, log_samples_every_n_steps, rm_batch_size, trust_remote_code; optional: lora.
+warmup_steps, val_temperature, log_samples_every_n_steps, rm_batch_size, trust_remote_code; optional: lora, sigma_floor, z_clip.
 
 Dropout stays off in all three models (as TRL does): the log-probs that train the policy must be those of
 the distribution that sampled; Lightning's warning that modules are in eval mode is therefore expected.
@@ -77,6 +77,10 @@ class PolicyModule(LightningModule):
         if hp.temperature <= 0 or hp.val_temperature < 0:
             raise MoslimError(
                 f"need temperature > 0 and val_temperature >= 0, got {hp.temperature}, {hp.val_temperature}"
+            )
+        if hp.get("sigma_floor", 0.0) < 0 or (hp.get("z_clip") is not None and hp.z_clip <= 0):
+            raise MoslimError(
+                f"need sigma_floor >= 0 and z_clip > 0 (or None), got {hp.get('sigma_floor')}, {hp.get('z_clip')}"
             )
         if hp.mapping not in MAPPINGS:
             raise MoslimError(f"unknown reward mapping {hp.mapping!r}; expected one of {', '.join(MAPPINGS)}")
@@ -208,6 +212,8 @@ class PolicyModule(LightningModule):
             mapping=hp.mapping,
             weights=hp.mapping_weights,
             batch_size=hp.rm_batch_size,
+            sigma_floor=hp.get("sigma_floor", 0.0),  # checkpoints of older versions lack the two guards
+            z_clip=hp.get("z_clip"),
         )
         return RewardOutput(*(t.to(self.device) for t in scores))  # score_responses answers on the CPU
 

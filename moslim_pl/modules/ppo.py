@@ -70,6 +70,9 @@ class PPOModule(PolicyModule):
         chat_template: render each prompt as the user turn of the policy tokenizer's chat template;
             ``None`` (default): whenever the tokenizer has one (an explicit ``false`` for a chat model warns).
         mapping, mapping_weights: the reward mapping (``moslim_pl.rewards.mapping``); weights for ``linear``.
+        sigma_floor, z_clip: guards of the ``gaussian`` mapping: a floor on each statistic's sigma and a
+            clamp of each z-term to ``[-z_clip, z_clip]`` (``moslim_pl.rewards.mapping.gaussian_mapping``);
+            the defaults (0, ``None``) are the paper's formula.
         kl_coef: ``beta`` of the per-token KL penalty (the initial value when adaptive).
         kl_target, kl_horizon: with ``kl_target`` set, ``beta`` adapts towards this per-sequence KL over a
             horizon counted in samples (Ziegler et al.); ``None`` keeps ``beta`` fixed.
@@ -109,6 +112,8 @@ class PPOModule(PolicyModule):
         chat_template: bool | None = None,
         mapping: str = "gaussian",
         mapping_weights: list[float] | None = None,
+        sigma_floor: float = 0.0,
+        z_clip: float | None = None,
         kl_coef: float = 0.05,
         kl_target: float | None = None,
         kl_horizon: float = 10000.0,

@@ -82,12 +82,24 @@ def normalized_expected_level(probs: Tensor, num_levels: Tensor) -> Tensor:
 
 
 def gaussian_mapping(
-    probs: Tensor, targets: Tensor, mean: Tensor, std: Tensor, eps: float = 1e-6
+    probs: Tensor,
+    targets: Tensor,
+    mean: Tensor,
+    std: Tensor,
+    eps: float = 1e-6,
+    sigma_floor: float = 0.0,
+    z_clip: float | None = None,
 ) -> MappedReward:
     """Standardized probability of the requested level, averaged over the named dimensions.
 
     ``r = (1/|S|) * sum_{k in S} (p_k[t_k] - mu_k[t_k]) / (sigma_k[t_k] + eps)`` with
     ``S = {k : targets[n, k] >= 0}``; a row with empty ``S`` gets reward 0.
+
+    Two guards against skewed real labels (a rare level, e.g. HelpSteer's verbosity 4, has a probability
+    that barely varies over the RM's training data: a tiny sigma blows its z-term up until that one
+    dimension decides every reward; ``docs/concepts.md``): ``sigma_floor`` replaces ``sigma`` by
+    ``max(sigma, sigma_floor)``, and ``z_clip`` clamps each z-term to ``[-z_clip, z_clip]``. The defaults
+    (0, ``None``) leave the paper's formula as it is.
 
     Args:
         probs: ``[N, K, L]`` per-head probabilities, zero-padded.
@@ -95,6 +107,8 @@ def gaussian_mapping(
         mean: ``[K, L]`` running mean of each (head, level) probability.
         std: ``[K, L]`` running std of each (head, level) probability.
         eps: added to the std so a level that never varied does not divide by 0.
+        sigma_floor: lower bound of each std (before ``eps`` is added); 0 = none.
+        z_clip: bound on the absolute value of each z-term; ``None`` = none.
 
     Returns:
         :class:`MappedReward` with ``reward [N]``, ``components [N, K]``, ``mask [N, K]``.
@@ -104,10 +118,16 @@ def gaussian_mapping(
     heads = torch.arange(probs.shape[1], device=probs.device)
     # Advanced indexing with heads [K] and index [N, K] broadcasts to [N, K]: stats of each row's target.
     mu_t = mean.to(device=probs.device, dtype=probs.dtype)[heads, index]
-    sigma_t = std.to(device=probs.device, dtype=probs.dtype)[heads, index] + eps
+    sigma_t = std.to(device=probs.device, dtype=probs.dtype)[heads, index]
+    if sigma_floor > 0:
+        sigma_t = sigma_t.clamp(min=sigma_floor)
+    sigma_t = sigma_t + eps
     # A masked slot may point at a zero-std (e.g. padded) level; a safe divisor keeps its gradient finite.
     sigma_t = torch.where(mask, sigma_t, torch.ones_like(sigma_t))
-    return _masked_mean((p_t - mu_t) / sigma_t, mask)
+    z = (p_t - mu_t) / sigma_t
+    if z_clip is not None:
+        z = z.clamp(-z_clip, z_clip)
+    return _masked_mean(z, mask)
 
 
 def expected_level_mapping(probs: Tensor, targets: Tensor, num_levels: Tensor) -> MappedReward:
@@ -186,6 +206,8 @@ def map_rewards(
     num_levels: Tensor | None = None,
     weights: Tensor | None = None,
     eps: float | None = None,
+    sigma_floor: float = 0.0,
+    z_clip: float | None = None,
 ) -> MappedReward:
     """Dispatch to the mapping named ``kind`` (one of :data:`MAPPINGS`).
 
@@ -199,6 +221,8 @@ def map_rewards(
         weights: ``[K]`` float, needed by ``linear``.
         eps: overrides the mapping's default eps (``gaussian``, ``log_prob``); None keeps the default;
             ignored by mappings without an eps.
+        sigma_floor, z_clip: the ``gaussian`` mapping's guards (:func:`gaussian_mapping`); ignored by
+            the other mappings.
 
     Returns:
         :class:`MappedReward` with ``reward [N]``, ``components [N, K]``, ``mask [N, K]``.
@@ -213,7 +237,9 @@ def map_rewards(
     eps_kwargs = {} if eps is None else {"eps": eps}
     if kind == "gaussian":
         _require(kind, mean=mean, std=std)
-        return gaussian_mapping(probs, targets, mean, std, **eps_kwargs)
+        return gaussian_mapping(
+            probs, targets, mean, std, sigma_floor=sigma_floor, z_clip=z_clip, **eps_kwargs
+        )
     if kind == "expected_level":
         _require(kind, num_levels=num_levels)
         return expected_level_mapping(probs, targets, num_levels)

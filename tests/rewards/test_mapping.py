@@ -68,6 +68,32 @@ def test_gaussian_default_eps() -> None:
     assert out.reward[1].item() == pytest.approx(0.5 / (0.25 + 1e-6), rel=1e-12)
 
 
+def test_gaussian_sigma_floor_hand_values() -> None:
+    out = gaussian_mapping(_probs(), _targets(), MEAN, STD, eps=0.0, sigma_floor=0.4)
+    # row 0: head 0 sigma 0.5 stays: 0.5;  head 1 sigma 0.125 -> 0.4: 0.25 / 0.4 = 0.625;  mean 0.5625
+    # row 1: head 0 sigma 0.25 -> 0.4: 0.5 / 0.4 = 1.25
+    _assert_mapped(out, [0.5625, 1.25], [[0.5, 0.625], [1.25, 0.0]], [[True, True], [True, False]])
+
+
+def test_gaussian_z_clip_hand_values() -> None:
+    out = gaussian_mapping(_probs(), _targets(), MEAN, STD, eps=0.0, z_clip=1.5)
+    # the z-terms 0.5, 2 | 2 of test_gaussian_hand_values, each clamped to [-1.5, 1.5]
+    _assert_mapped(out, [1.0, 1.5], [[0.5, 1.5], [1.5, 0.0]], [[True, True], [True, False]])
+    low = gaussian_mapping(1 - _probs(), _targets(), MEAN, STD, eps=0.0, z_clip=1.5)
+    # row 0 head 1: (0.25 - 0.5) / 0.125 = -2 -> -1.5;  head 0: (0.5 - 0.25) / 0.5 = 0.5
+    assert low.components[0].tolist() == [0.5, -1.5]
+
+
+def test_gaussian_guards_default_off_and_reach_the_dispatcher() -> None:
+    plain = gaussian_mapping(_probs(), _targets(), MEAN, STD)
+    guarded = map_rewards("gaussian", _probs(), _targets(), mean=MEAN, std=STD, sigma_floor=0.4, z_clip=1.0)
+    assert torch.equal(
+        gaussian_mapping(_probs(), _targets(), MEAN, STD, sigma_floor=0.0, z_clip=None).reward, plain.reward
+    )
+    # floor then clip: row 0 -> 0.5 and min(0.625, 1); row 1 -> min(1.25, 1)
+    torch.testing.assert_close(guarded.reward, torch.tensor([0.5625, 1.0], dtype=F64), atol=1e-5, rtol=0)
+
+
 def test_expected_level_hand_values() -> None:
     out = expected_level_mapping(_probs(), _targets(), NUM_LEVELS)
     # E: row 0 head 0 = 0*.25 + 1*.5 + 2*.25 = 1;  head 1 = 1*.25 = 0.25
