@@ -55,8 +55,9 @@ class OnlineDPOModule(PolicyModule):
             the defaults (0, ``None``) are the paper's formula.
         beta: DPO's ``beta``: the implicit reward is ``beta * (log pi - log pi_ref)``.
         learning_rate, weight_decay, warmup_steps: AdamW with linear warm-up then constant.
-        max_grad_norm: gradient norm clipping (``None``: off). The Trainer's ``gradient_clip_val`` and
-            ``accumulate_grad_batches`` do not apply: this module optimizes manually.
+        max_grad_norm: gradient norm clipping (``None``: off). The Trainer's ``gradient_clip_val`` (with its
+            ``gradient_clip_algorithm``), when set, replaces it; the Trainer's ``accumulate_grad_batches N``
+            takes one optimizer step every N batches (each batch's mean loss divided by N).
         missing_eos_penalty: subtracted from the reward of responses cut at ``max_new_tokens`` before
             the pair is ranked.
         val_temperature: sampling temperature of validation (one response per prompt; 0 = greedy).
@@ -132,7 +133,10 @@ class OnlineDPOModule(PolicyModule):
         valid = pair_reward[:, 0] != pair_reward[:, 1]  # a tie says nothing: dropped from the loss
 
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        optimizer.zero_grad()  # grads to None: without valid pairs the step below leaves the policy as is
+        first, last = self._window()
+        self._micro_batches += 1
+        if first:  # grads to None: without valid pairs the step below leaves the policy as is
+            optimizer.zero_grad()
         # Under DDP/FSDP2 the backward pass is a collective (gradient all-reduce / reduce-scatter): either
         # every rank runs it or none does, else the ranks hang or drift apart. A rank whose pairs all tie
         # still runs it, on a zero loss that reaches every parameter; with no valid pair on any rank none
@@ -151,13 +155,14 @@ class OnlineDPOModule(PolicyModule):
             # all-reduce averages with the other ranks' as it does any rank's share of the batch.
             loss = pair_policy.sum() * 0.0
         if any_valid:
-            self.manual_backward(loss)
-            if hp.max_grad_norm is not None:
-                self.clip_gradients(
-                    optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm"
-                )
-        optimizer.step()  # always stepped, so that global_step counts training steps
-        scheduler.step()
+            self.manual_backward(self._accumulated(loss))
+        if last:  # always stepped, so that global_step counts training steps (optimizer steps)
+            if any_valid or self._accumulate > 1:
+                self._clip_and_step(optimizer, scheduler)
+            else:  # no gradient to clip
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
 
         pairs = pair_reward.shape[0]
         self.log("train/tie_fraction", 1.0 - valid.float().mean(), batch_size=pairs)

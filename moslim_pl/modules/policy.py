@@ -331,8 +331,14 @@ class PolicyModule(LightningModule):
     # ------------------------------------------------------------------ generation for users (predict)
     def configure_callbacks(self) -> list[Callback]:
         """``moslim-pl predict`` always writes ``predictions.jsonl``: a :class:`PredictionWriter` is added
-        when the trainer has no prediction writer of its own (a training config need not list one)."""
+        when the trainer has no prediction writer of its own (a training config need not list one).
+
+        When fitting, the trainer's ``accumulate_grad_batches`` and ``gradient_clip_val`` are taken over
+        here (:meth:`_take_over_trainer_knobs`): this is the one hook Lightning runs before it checks them.
+        """
         trainer = self._trainer
+        if trainer is not None and trainer.training:
+            self._take_over_trainer_knobs()
         if trainer is None or not trainer.predicting:
             return []
         if any(isinstance(callback, BasePredictionWriter) for callback in trainer.callbacks):
@@ -357,6 +363,61 @@ class PolicyModule(LightningModule):
             }
             for i, (row, response) in enumerate(zip(rows, rollout.responses, strict=True))
         ]
+
+    # ------------------------------------------------------------------ optimizer steps (manual optimization)
+    _accumulate = 1  # micro-batches (rollouts) per optimizer step; the trainer's accumulate_grad_batches
+    _micro_batches = 0  # training batches seen, for the accumulation window (kept in checkpoints)
+    _clip: tuple[float, str] | None = None  # the trainer's gradient_clip_val and algorithm, when set
+
+    def _check_accumulation(self, accumulate: int) -> None:
+        """Refuse ``accumulate_grad_batches`` where a stage cannot accumulate (overridden by stages)."""
+
+    def _take_over_trainer_knobs(self) -> None:
+        """Lightning refuses ``accumulate_grad_batches`` and ``gradient_clip_val`` for manual optimization;
+        these modules apply them themselves (``docs/user_guide.md``, "Lightning's own knobs"): the
+        trainer's values move here and the trainer's are reset, so Lightning's check passes."""
+        trainer = self.trainer
+        accumulate = int(trainer.accumulate_grad_batches)
+        if accumulate != 1:
+            self._check_accumulation(accumulate)
+            self._accumulate = accumulate
+            trainer.accumulate_grad_batches = 1
+        clip = trainer.gradient_clip_val
+        if clip is not None and clip > 0:
+            algorithm = str(getattr(trainer.gradient_clip_algorithm, "value", None) or "norm")
+            self._clip = (float(clip), algorithm)
+            trainer.gradient_clip_val = None
+            log.info(
+                "gradient clipping by %s at %s (the trainer's gradient_clip_val, instead of max_grad_norm=%s)",
+                algorithm,
+                clip,
+                self.hparams.max_grad_norm,
+            )
+
+    def _window(self) -> tuple[bool, bool]:
+        """``(first, last)``: whether this training batch opens an accumulation window (zero the
+        gradients) and whether it closes one (clip and step). Both are True without accumulation."""
+        position = self._micro_batches % self._accumulate
+        return position == 0, position == self._accumulate - 1
+
+    def _accumulated(self, loss: Tensor) -> Tensor:
+        """The loss to back-propagate: ``loss / accumulate_grad_batches`` (the loss itself without)."""
+        return loss if self._accumulate == 1 else loss / self._accumulate
+
+    def _clip_and_step(self, optimizer: Any, scheduler: Any) -> None:
+        """Clip the gradients (the trainer's ``gradient_clip_val`` if set, else ``max_grad_norm``), take the
+        optimizer step and advance the learning-rate schedule (when there is one)."""
+        if self._clip is not None:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self._clip[0], gradient_clip_algorithm=self._clip[1]
+            )
+        elif self.hparams.max_grad_norm is not None:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm"
+            )
+        optimizer.step()
+        if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step()
 
     def _update_kl_controller(self, kl: Tensor, size: int) -> None:
         """Feed the rollout's per-sequence KL ``[N]`` to ``self.kl_controller`` (RLOO, PPO).
@@ -386,6 +447,8 @@ class PolicyModule(LightningModule):
                 del state[key]
         if hasattr(self, "kl_controller"):
             checkpoint["kl_controller"] = self.kl_controller.state_dict()
+        if self._accumulate != 1:
+            checkpoint["moslim_micro_batches"] = self._micro_batches
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict")
@@ -397,6 +460,7 @@ class PolicyModule(LightningModule):
                     state.setdefault(key, value)
         if hasattr(self, "kl_controller") and "kl_controller" in checkpoint:
             self.kl_controller.load_state_dict(checkpoint["kl_controller"])
+        self._micro_batches = int(checkpoint.get("moslim_micro_batches", 0))
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

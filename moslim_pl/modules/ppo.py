@@ -84,8 +84,9 @@ class PPOModule(PolicyModule):
         ppo_epochs, num_minibatches: passes over each rollout, each in this many shuffled minibatches;
             every minibatch is one optimizer step and one ``global_step``.
         max_grad_norm: gradient norm clipping over the policy and the critic together (``None``: off).
-            The Trainer's ``gradient_clip_val`` and ``accumulate_grad_batches`` do not apply: this module
-            optimizes manually.
+            The Trainer's ``gradient_clip_val`` (with its ``gradient_clip_algorithm``), when set, replaces
+            it; the Trainer's ``accumulate_grad_batches N`` takes one optimizer step every N rollouts, with
+            ``ppo_epochs=1`` and ``num_minibatches=1`` only (else each rollout takes several steps).
         learning_rate, weight_decay, warmup_steps: AdamW with linear warm-up then constant.
         value_learning_rate: the critic's (and value head's) learning rate; ``None``: ``learning_rate``.
         missing_eos_penalty: subtracted from the reward of responses cut at ``max_new_tokens``.
@@ -164,6 +165,15 @@ class PPOModule(PolicyModule):
             raise MoslimError(f"vf_coef must be >= 0, got {hp.vf_coef}")
         if hp.value_learning_rate is not None and hp.value_learning_rate <= 0:
             raise MoslimError(f"value_learning_rate must be > 0 or None, got {hp.value_learning_rate}")
+
+    def _check_accumulation(self, accumulate: int) -> None:
+        hp = self.hparams
+        if hp.ppo_epochs * hp.num_minibatches != 1:
+            raise MoslimError(
+                f"accumulate_grad_batches={accumulate} needs ppo_epochs=1 and num_minibatches=1 (got "
+                f"{hp.ppo_epochs}, {hp.num_minibatches}): each rollout's later minibatches need the step "
+                "before them; raise the batch size instead"
+            )
 
     def _build_critic(self) -> None:
         hp = self.hparams
@@ -254,6 +264,8 @@ class PPOModule(PolicyModule):
             value_ev = explained_variance(old_values, returns, mask)
 
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        first, last = self._window()
+        self._micro_batches += 1
         steps_per_rollout = hp.ppo_epochs * hp.num_minibatches
         rollout_number = self.global_step // steps_per_rollout
         stats: dict[str, list[Tensor]] = {}
@@ -269,14 +281,11 @@ class PPOModule(PolicyModule):
                     values, old_values[rows], returns[rows], mask[rows], hp.value_clip
                 )
                 loss = policy_loss + hp.vf_coef * value_loss
-                optimizer.zero_grad()
-                self.manual_backward(loss)
-                if hp.max_grad_norm is not None:
-                    self.clip_gradients(
-                        optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm"
-                    )
-                optimizer.step()
-                scheduler.step()
+                if first:
+                    optimizer.zero_grad()
+                self.manual_backward(self._accumulated(loss))
+                if last:
+                    self._clip_and_step(optimizer, scheduler)
                 step_stats = {"loss": loss, "policy_loss": policy_loss, "value_loss": value_loss}
                 for key, value in {**step_stats, **policy_stats, **value_stats}.items():
                     stats.setdefault(key, []).append(value.detach())

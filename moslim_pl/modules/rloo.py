@@ -82,8 +82,9 @@ class RLOOModule(PolicyModule):
             horizon counted in samples (Ziegler et al.); ``None`` keeps ``beta`` fixed.
         clip_ratio: PPO-style token ratio clipping; only bites with ``updates_per_rollout > 1``.
         updates_per_rollout: optimizer steps taken on each rollout (each is one ``global_step``).
-        max_grad_norm: gradient norm clipping (``None``: off). The Trainer's ``gradient_clip_val`` and
-            ``accumulate_grad_batches`` do not apply: this module optimizes manually.
+        max_grad_norm: gradient norm clipping (``None``: off). The Trainer's ``gradient_clip_val`` (with its
+            ``gradient_clip_algorithm``), when set, replaces it; the Trainer's ``accumulate_grad_batches N``
+            takes one optimizer step every N rollouts (with ``updates_per_rollout=1``).
         learning_rate, weight_decay, warmup_steps: AdamW with linear warm-up then constant.
         missing_eos_penalty: subtracted from the reward of responses cut at ``max_new_tokens``.
         val_temperature: sampling temperature of validation (one response per prompt; 0 = greedy).
@@ -160,6 +161,13 @@ class RLOOModule(PolicyModule):
         if hp.clip_ratio is not None and hp.clip_ratio <= 0:
             raise MoslimError(f"clip_ratio must be > 0 or None, got {hp.clip_ratio}")
 
+    def _check_accumulation(self, accumulate: int) -> None:
+        if self.hparams.updates_per_rollout != 1:
+            raise MoslimError(
+                f"accumulate_grad_batches={accumulate} needs updates_per_rollout=1 (got "
+                f"{self.hparams.updates_per_rollout}): each rollout's later updates need the step before them"
+            )
+
     # ------------------------------------------------------------------ rollouts
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Sequence[str], batch_idx: int) -> Tensor:
@@ -176,6 +184,8 @@ class RLOOModule(PolicyModule):
         ref_logprobs = self.reference_logprobs(*inputs, temperature=hp.temperature, group_size=group)
 
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        first, last = self._window()
+        self._micro_batches += 1
         kl_coef = self.kl_controller.value
         rollout_number = self.global_step // hp.updates_per_rollout
         losses, clip_fractions = [], []
@@ -197,14 +207,13 @@ class RLOOModule(PolicyModule):
                 advantages = rloo_advantages(shape_rewards(reward, kl, kl_coef), hp.num_samples)
                 entropy = (entropy_from_logits(logits.detach()) * mask).sum() / mask.sum().clamp(min=1)
             loss, stats = rloo_loss(logprobs, old_logprobs, advantages, mask, hp.clip_ratio)
-            optimizer.zero_grad()
-            self.manual_backward(loss)
-            if hp.max_grad_norm is not None:
-                self.clip_gradients(
-                    optimizer, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm"
-                )
-            optimizer.step()
-            scheduler.step()
+            if first:
+                optimizer.zero_grad()
+            # with accumulate_grad_batches N: the loss (a mean over sequences) / N, so that N equal
+            # micro-batches sum to the full batch's gradient
+            self.manual_backward(self._accumulated(loss))
+            if last:
+                self._clip_and_step(optimizer, scheduler)
             losses.append(loss.detach())
             clip_fractions.append(stats["clip_fraction"])
 
