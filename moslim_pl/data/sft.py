@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 class SFTRow(NamedTuple):
     prompt: str
     response: str
+    targets: dict[str, int] | None = None
+    """RiC (``label_prefix``): the levels of the row's own labels, written as the prompt's prefix only
+    after the prompt-disjoint split, so that one question never lands on both sides of it."""
 
 
 class SFTExample(NamedTuple):
@@ -173,6 +176,11 @@ def label_targets(
     return targets
 
 
+def _with_prefix(rows: Sequence[SFTRow]) -> list[SFTRow]:
+    """RiC's rows with their label prefix written into the prompt; other rows as they are."""
+    return [r if r.targets is None else SFTRow(format_prefix(r.targets, r.prompt), r.response) for r in rows]
+
+
 class SFTDataModule(LightningDataModule):
     """(prompt, response) rows for supervised fine-tuning of the policy (loss on the response only).
 
@@ -254,13 +262,17 @@ class SFTDataModule(LightningDataModule):
             return
         self._take_model_settings()
         self.tokenizer = self._load_tokenizer()
-        train_rows, val_rows = train_val_rows(
-            self._read, self.source, self.val_source, self.val_fraction, self.seed
-        )
+        train_rows, val_rows = self.split_rows()
+        train_rows, val_rows = _with_prefix(train_rows), _with_prefix(val_rows)
         self.train_dataset = self._encode(train_rows)
         self.val_dataset = self._encode(val_rows)
         for split, rows in (("train", train_rows), ("val", val_rows)):
             log.info("%s: %d rows, %d prompts", split, len(rows), len({r.prompt for r in rows}))
+
+    def split_rows(self) -> tuple[list[SFTRow], list[SFTRow]]:
+        """The (train, val) rows, split on the raw prompt (without RiC's label prefix, which is written
+        into ``prompt`` later from ``targets``): the training prompts are ``{r.prompt for r in train}``."""
+        return train_val_rows(self._read, self.source, self.val_source, self.val_fraction, self.seed)
 
     def _take_model_settings(self) -> None:
         """Fill unset settings from the LightningModule: the policy decides how it reads text."""
@@ -294,14 +306,15 @@ class SFTDataModule(LightningDataModule):
                         f"{description}: missing label column {dim.source_column!r} (label_prefix)"
                     )
             labels = {dim.source_column: dataset[dim.source_column] for dim in self.dimensions}
-            prompts = [
-                format_prefix(
+            return [
+                SFTRow(
+                    prompt,
+                    response,
                     label_targets(
                         {c: v[i] for c, v in labels.items()}, self.dimensions, f"{description} row {i}"
                     ),
-                    prompt,
                 )
-                for i, prompt in enumerate(prompts)
+                for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True))
             ]
         return [SFTRow(p, r) for p, r in zip(prompts, responses, strict=True)]
 

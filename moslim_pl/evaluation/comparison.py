@@ -14,16 +14,28 @@ extreme levels of all dimensions. Each method turns a request into its own contr
 
 Measured per method: per dimension, Spearman's rho between requested and oracle level over the
 single-dimension requests and the hit rate (oracle level == requested) over every request naming it;
-the mean mapped reward (the RM's Gaussian mapping of the request) over all answers; and the compute of
-its training runs (``compute.json`` files of ``ComputeCallback``), in device-hours and tokens.
+``joint_hit_rate``, the share of answers to requests naming two or more dimensions that hit every named
+dimension; ``empty_rate``, the share of all answers with nothing in them; the mean mapped reward (the
+RM's Gaussian mapping of the request) over all answers; the compute of its training runs
+(``compute.json`` files of ``ComputeCallback``), in device-hours and tokens; and
+``train_eval_prompt_overlap``, the number of evaluation prompts found (prefix stripped) in the training
+prompts of any of its training runs, read back from each run's ``config.yaml`` (must be 0).
 
 ``python -m moslim_pl.evaluation.comparison SPEC.json --out comparison.json`` runs it from a spec::
 
     {"reward_model": DIR, "num_prompts": 16, "max_new_tokens": 64,
+     "data": {"synthetic": {"num_prompts": 300, "seed": 0}, "seed": 0, "val_fraction": 0.2,
+              "max_prompt_length": 32, "chat_template": false},
      "methods": {"moslim": {"kind": "prefix", "policy": DIR, "compute": [FILE, ...]},
                  "morlhf": {"kind": "weights", "policies": [DIR, ...], "weights": [[w, ...], ...], ...},
                  "rewarded_soups": {"kind": "soup", "base": DIR, "experts": {dim: DIR}, ...},
                  "ric": {"kind": "prefix", "policy": DIR, ...}}}
+
+``data`` says where the evaluation prompts come from (the held-out split of the policy stage's
+``PromptDataModule``: the synthetic world's size and seed, the split's seed and fraction) and how the
+policies read them (``max_prompt_length``, ``chat_template``): the settings of the training configs,
+never defaults. A method's ``train_runs`` (run folders; default: the folders of its ``compute`` files)
+are the runs whose training prompts the overlap counts.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -96,12 +108,17 @@ def evaluate(
     rm_reward: Callable[[list[str], list[str]], torch.Tensor],
 ) -> dict[str, Any]:
     """One method's row of the table (see the module docstring); ``rm_reward(prefixed, responses) -> [N]``."""
+    from moslim_pl.evaluation.text_metrics import empty_rate
+
     requested: dict[str, list[int]] = {d.name: [] for d in dimensions}
     achieved: dict[str, list[int]] = {d.name: [] for d in dimensions}
     hits: dict[str, list[bool]] = {d.name: [] for d in dimensions}
+    joint_hits: list[bool] = []
+    answers: list[str] = []
     rewards: list[float] = []
     for request in request_grid(dimensions):
         responses = responder(list(prompts), request)
+        answers += responses
         prefixed = [format_prefix(request, p) for p in prompts]
         rewards += rm_reward(prefixed, responses).tolist()
         levels = [oracle(p, r) for p, r in zip(prompts, responses, strict=True)]
@@ -110,6 +127,8 @@ def evaluate(
             if len(request) == 1:
                 requested[name] += [level] * len(levels)
                 achieved[name] += [row[name] for row in levels]
+        if len(request) >= 2:
+            joint_hits += [all(row[name] == level for name, level in request.items()) for row in levels]
     return {
         "dimensions": {
             d.name: {
@@ -118,6 +137,8 @@ def evaluate(
             }
             for d in dimensions
         },
+        "joint_hit_rate": sum(joint_hits) / len(joint_hits) if joint_hits else 0.0,
+        "empty_rate": empty_rate(answers),
         "mean_reward": sum(rewards) / len(rewards),
     }
 
@@ -132,21 +153,78 @@ def compute_totals(files: Sequence[str | Path]) -> dict[str, float]:
     }
 
 
+def training_prompts(run: str | Path) -> set[str]:
+    """The training prompts (prefix stripped) of one training run, rebuilt from its ``config.yaml``.
+
+    The run's datamodule is instantiated from the config LightningCLI saved beside its logs and split as
+    in training: an SFT or reward-model run's training rows, a policy run's training prompts.
+    """
+    import yaml
+    from jsonargparse import ArgumentParser
+    from lightning.pytorch import LightningDataModule
+
+    from moslim_pl.data.preference import PreferenceDataModule, train_val_rows
+    from moslim_pl.data.prompts import PromptDataModule
+    from moslim_pl.data.sft import SFTDataModule
+    from moslim_pl.prefix import strip_prefix
+
+    file = Path(run) / "config.yaml"
+    if not file.is_file():
+        raise MoslimError(f"train_runs: {run} has no config.yaml (a moslim-pl fit run folder is needed)")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(LightningDataModule, "data", required=True)
+    config = yaml.safe_load(file.read_text())
+    data = parser.instantiate_classes(parser.parse_object({"data": config["data"]})).data
+    if isinstance(data, PromptDataModule):
+        data.setup("fit")
+        prompts: list[Any] = list(data.train_prompts)
+    elif isinstance(data, SFTDataModule):
+        prompts = [row.prompt for row in data.split_rows()[0]]
+    elif isinstance(data, PreferenceDataModule):
+        rows = train_val_rows(data._read, data.sources, data.val_source, data.val_fraction, data.seed)[0]
+        prompts = [row.prompt for row in rows]
+    else:
+        raise MoslimError(f"train_runs: {run} trains on {type(data).__name__}, which the overlap cannot read")
+    dims = getattr(data, "dimensions", None) or ()
+    texts = (p if isinstance(p, str) else str(p[-1].get("content", "")) for p in prompts)
+    return {strip_prefix(t, dims) if dims else t for t in texts}
+
+
+def train_eval_overlap(prompts: Sequence[str], runs: Sequence[str | Path]) -> int:
+    """How many of the evaluation ``prompts`` are training prompts of any of ``runs``."""
+    seen: set[str] = set()
+    for run in runs:
+        seen |= training_prompts(run)
+    return sum(p in seen for p in prompts)
+
+
 # ---------------------------------------------------------------------------------------- responders
+
+
+class Reading(NamedTuple):
+    """How every method reads a prompt and answers it: the policies' training settings (spec ``data``)."""
+
+    max_prompt_length: int
+    chat_template: bool
+    max_new_tokens: int
 
 
 class _Generator:
     """Greedy answers of one causal LM, batched; the model can be swapped (soups) without reloading."""
 
     def __init__(
-        self, folder: str, dimensions: Sequence[Dimension], max_new_tokens: int, batch_size: int = 32
+        self,
+        folder: str,
+        dimensions: Sequence[Dimension],
+        reading: Reading,
+        batch_size: int = 32,
     ):
         from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 
         self.tokenizer = load_tokenizer(folder)
         self.model = load_causal_lm(folder, tokenizer=self.tokenizer).eval()
         self.dimensions = dimensions
-        self.max_new_tokens = max_new_tokens
+        self.reading = reading
         self.batch_size = batch_size
 
     def __call__(self, texts: list[str]) -> list[str]:
@@ -155,16 +233,20 @@ class _Generator:
         out: list[str] = []
         for start in range(0, len(texts), self.batch_size):
             batch = encode_prompts(
-                self.tokenizer, texts[start : start + self.batch_size], 128, dimensions=self.dimensions
+                self.tokenizer,
+                texts[start : start + self.batch_size],
+                self.reading.max_prompt_length,
+                self.reading.chat_template,
+                dimensions=self.dimensions,
             )
             out += generate(
-                self.model, self.tokenizer, batch, max_new_tokens=self.max_new_tokens, temperature=0.0
+                self.model, self.tokenizer, batch, max_new_tokens=self.reading.max_new_tokens, temperature=0.0
             ).responses
         return out
 
 
-def prefix_responder(policy: str, dimensions: Sequence[Dimension], max_new_tokens: int) -> Responder:
-    answer = _Generator(policy, dimensions, max_new_tokens)
+def prefix_responder(policy: str, dimensions: Sequence[Dimension], reading: Reading) -> Responder:
+    answer = _Generator(policy, dimensions, reading)
     return lambda prompts, request: answer([format_prefix(request, p) for p in prompts])
 
 
@@ -172,16 +254,16 @@ def weights_responder(
     policies: Sequence[str],
     weights: Sequence[Sequence[float]],
     dimensions: Sequence[Dimension],
-    max_new_tokens: int,
+    reading: Reading,
 ) -> Responder:
     if len(policies) != len(weights) or any(len(w) != len(dimensions) for w in weights):
         raise MoslimError(f"morlhf: need one weight vector of {len(dimensions)} per policy")
-    answers = [_Generator(p, dimensions, max_new_tokens) for p in policies]
+    answers = [_Generator(p, dimensions, reading) for p in policies]
     return lambda prompts, request: answers[nearest_policy(request, dimensions, weights)](list(prompts))
 
 
 def soup_responder(
-    base: str, experts: dict[str, str], dimensions: Sequence[Dimension], max_new_tokens: int
+    base: str, experts: dict[str, str], dimensions: Sequence[Dimension], reading: Reading
 ) -> Responder:
     from moslim_pl.models.backbone import load_causal_lm
     from moslim_pl.models.soups import interpolate
@@ -189,7 +271,7 @@ def soup_responder(
     missing = [d.name for d in dimensions if d.name not in experts]
     if missing:
         raise MoslimError(f"rewarded_soups: no expert policy for {', '.join(missing)}")
-    answer = _Generator(base, dimensions, max_new_tokens)
+    answer = _Generator(base, dimensions, reading)
     states = [load_causal_lm(f).state_dict() for f in (base, *(experts[d.name] for d in dimensions))]
     current: list[tuple[float, ...]] = []
 
@@ -203,30 +285,46 @@ def soup_responder(
     return respond
 
 
-def build_responder(spec: dict[str, Any], dimensions: Sequence[Dimension], max_new_tokens: int) -> Responder:
+def build_responder(spec: dict[str, Any], dimensions: Sequence[Dimension], reading: Reading) -> Responder:
     kind = spec.get("kind")
     if kind == "prefix":
-        return prefix_responder(spec["policy"], dimensions, max_new_tokens)
+        return prefix_responder(spec["policy"], dimensions, reading)
     if kind == "weights":
-        return weights_responder(spec["policies"], spec["weights"], dimensions, max_new_tokens)
+        return weights_responder(spec["policies"], spec["weights"], dimensions, reading)
     if kind == "soup":
-        return soup_responder(spec["base"], spec["experts"], dimensions, max_new_tokens)
+        return soup_responder(spec["base"], spec["experts"], dimensions, reading)
     raise MoslimError(f"unknown method kind {kind!r}; expected prefix, weights or soup")
 
 
 def format_comparison(table: dict[str, dict[str, Any]]) -> str:
     names = list(next(iter(table.values()))["dimensions"]) if table else []
     header = f"{'method':<16}" + "".join(f"{n[:11] + ' rho':>16}{'hit':>6}" for n in names)
-    lines = [header + f"{'mean rho':>10}{'reward':>8}{'hours':>8}{'Mtokens':>9}"]
+    lines = [header + f"{'mean rho':>10}{'joint':>7}{'empty':>7}{'reward':>8}{'hours':>8}{'Mtokens':>9}"]
     for method, row in table.items():
         dims = row["dimensions"]
         cells = "".join(f"{dims[n]['spearman_oracle']:>16.3f}{dims[n]['hit_rate']:>6.2f}" for n in names)
         mean_rho = sum(dims[n]["spearman_oracle"] for n in names) / len(names)
         hours, tokens = row["compute_hours"], row.get("compute_tokens", 0) / 1e6
+        joint, empty = row.get("joint_hit_rate", 0.0), row.get("empty_rate", 0.0)
         lines.append(
-            f"{method:<16}{cells}{mean_rho:>10.3f}{row['mean_reward']:>8.3f}{hours:>8.4f}{tokens:>9.2f}"
+            f"{method:<16}{cells}{mean_rho:>10.3f}{joint:>7.2f}{empty:>7.2f}{row['mean_reward']:>8.3f}"
+            f"{hours:>8.4f}{tokens:>9.2f}"
         )
     return "\n".join(lines)
+
+
+DATA_KEYS = ("synthetic", "seed", "val_fraction", "max_prompt_length", "chat_template")
+
+
+def spec_data(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec's ``data`` block, every key present (the harness assumes no default)."""
+    data = spec.get("data")
+    if not isinstance(data, dict):
+        raise MoslimError("comparison spec: data is missing (see moslim_pl.evaluation.comparison)")
+    missing = [key for key in DATA_KEYS if key not in data]
+    if missing:
+        raise MoslimError(f"comparison spec: data.{missing[0]} is missing (need {', '.join(DATA_KEYS)})")
+    return data
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -236,23 +334,31 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from moslim_pl.data import PromptDataModule, synthetic
+    from moslim_pl.data.sources import SyntheticConfig
     from moslim_pl.models.reward_model import MultiHeadRewardModel
 
     spec = json.loads(Path(args.spec).read_text())
+    data = spec_data(spec)
     rm = MultiHeadRewardModel.from_pretrained(spec["reward_model"]).eval()
     dims = rm.dimensions
     prompts = PromptDataModule(
-        seed=spec.get("seed", 0), num_test_prompts=spec.get("num_prompts", 16)
+        synthetic=SyntheticConfig(**data["synthetic"]),
+        seed=data["seed"],
+        val_fraction=data["val_fraction"],
+        num_test_prompts=spec.get("num_prompts", 16),
     ).sweep_prompts()
+    reading = Reading(data["max_prompt_length"], data["chat_template"], spec.get("max_new_tokens", 64))
 
     def rm_reward(prefixed: list[str], responses: list[str]) -> torch.Tensor:
         return rm.score(prefixed, responses, batch_size=32).reward
 
     table = {}
     for method, method_spec in spec["methods"].items():
-        responder = build_responder(method_spec, dims, spec.get("max_new_tokens", 64))
+        responder = build_responder(method_spec, dims, reading)
         row = evaluate(responder, prompts, dims, synthetic.oracle, rm_reward)
         row.update(compute_totals(method_spec.get("compute", [])))
+        runs = method_spec.get("train_runs", [str(Path(f).parent) for f in method_spec.get("compute", [])])
+        row["train_eval_prompt_overlap"] = train_eval_overlap(prompts, runs)
         table[method] = row
         sys.stdout.write(f"evaluated {method}\n")
     with atomic_file(args.out) as tmp:

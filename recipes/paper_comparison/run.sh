@@ -82,6 +82,8 @@ compute() { echo "\"$(latest "$1")/compute.json\""; }
 cat > "$out/comparison_spec.json" <<JSON
 {
   "reward_model": "$rm_export", "num_prompts": 16, "max_new_tokens": 64,
+  "data": {"synthetic": {"num_prompts": 300, "seed": 0}, "seed": 0, "val_fraction": 0.2,
+           "max_prompt_length": 32, "chat_template": false},
   "methods": {
     "moslim": {"kind": "prefix", "policy": "$(latest moslim)/export",
                "compute": [$(compute sft_quickstart), $(compute reward_model_quickstart), $(compute moslim)]},

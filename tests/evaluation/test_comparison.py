@@ -6,8 +6,12 @@ import json
 
 import pytest
 import torch
+import yaml
 
+from moslim_pl.data.prompts import PromptDataModule
+from moslim_pl.data.sources import SyntheticConfig
 from moslim_pl.data.synthetic import DIMENSIONS, oracle
+from moslim_pl.errors import MoslimError
 from moslim_pl.evaluation.comparison import (
     compute_totals,
     evaluate,
@@ -15,6 +19,9 @@ from moslim_pl.evaluation.comparison import (
     nearest_policy,
     request_grid,
     soup_lambdas,
+    spec_data,
+    train_eval_overlap,
+    training_prompts,
     weight_vector,
 )
 from moslim_pl.prefix import parse_prefix
@@ -63,8 +70,61 @@ def test_evaluate_table_on_a_fake_policy(tmp_path) -> None:
     assert verbosity["hit_rate"] == pytest.approx(1.0)
     assert row["dimensions"]["formality"]["spearman_oracle"] == 0.0  # deaf to formality
     assert row["mean_reward"] == 1.0
+    # the 8 extreme combinations: verbosity always hit, formality 0 and helpfulness 0 (no marker, no
+    # keyword) only when requested -> 2 of 8 combinations hit jointly
+    assert row["joint_hit_rate"] == pytest.approx(0.25)
+    assert row["empty_rate"] == 0.0
+    silent = evaluate(lambda prompts, request: [""] * len(prompts), prompts, DIMENSIONS, oracle, rm_reward)
+    assert silent["empty_rate"] == 1.0
+    # "" is verbosity 0, casual, no keyword: the combination (0, 0, 0) is hit, 1 of 8
+    assert silent["joint_hit_rate"] == pytest.approx(1 / 8)
     file = tmp_path / "compute.json"
     file.write_text(json.dumps({"device_hours": 0.25, "tokens": 1000}))
     assert compute_totals([file, file]) == {"compute_hours": 0.5, "compute_tokens": 2000}
     text = format_comparison({"moslim": {**row, "compute_hours": 0.5, "compute_tokens": 2000}})
     assert "moslim" in text and "1.000" in text and "0.00" in text.splitlines()[1][-9:]
+
+
+def _run_folder(tmp_path, name: str, data: dict) -> str:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump({"data": data}))
+    return str(folder)
+
+
+def test_train_eval_prompt_overlap_reads_each_runs_config(tmp_path) -> None:
+    world = {"num_prompts": 20, "responses_per_prompt": 2, "seed": 0}
+    held_out = PromptDataModule(
+        synthetic=SyntheticConfig(**world), val_fraction=0.25, num_test_prompts=None
+    ).sweep_prompts()
+    assert len(held_out) == 5
+    sft = {
+        "class_path": "moslim_pl.data.SFTDataModule",
+        "init_args": {"synthetic": world, "val_fraction": 0.25},
+    }
+    ric = {**sft, "init_args": {**sft["init_args"], "label_prefix": True}}
+    rm = {**sft, "class_path": "moslim_pl.data.PreferenceDataModule"}
+    policy = {
+        "class_path": "moslim_pl.data.PromptDataModule",
+        "init_args": {"synthetic": world, "val_fraction": 0.25},
+    }
+    runs = [
+        _run_folder(tmp_path, n, d) for n, d in (("sft", sft), ("ric", ric), ("rm", rm), ("policy", policy))
+    ]
+    assert training_prompts(runs[1]) == training_prompts(runs[0]) == training_prompts(runs[2])
+    assert len(training_prompts(runs[3])) == 15
+    assert train_eval_overlap(held_out, runs) == 0
+    # another split fraction trains on held-out prompts, and the count says how many
+    leaky = {**policy, "init_args": {**policy["init_args"], "val_fraction": 0.1}}
+    assert train_eval_overlap(held_out, [_run_folder(tmp_path, "leaky", leaky)]) == 5 - 2
+    with pytest.raises(MoslimError, match="has no config.yaml"):
+        training_prompts(tmp_path)
+
+
+def test_spec_data_names_the_missing_field() -> None:
+    data = {"synthetic": {}, "seed": 0, "val_fraction": 0.2, "max_prompt_length": 32, "chat_template": False}
+    assert spec_data({"data": data}) is data
+    with pytest.raises(MoslimError, match=r"data\.max_prompt_length is missing"):
+        spec_data({"data": {k: v for k, v in data.items() if k != "max_prompt_length"}})
+    with pytest.raises(MoslimError, match="data is missing"):
+        spec_data({})
