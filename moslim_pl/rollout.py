@@ -201,13 +201,15 @@ def score_responses(
     batch_size: int = 16,
     sigma_floor: float = 0.0,
     z_clip: float | None = None,
+    aggregation: str = "mean",
 ) -> RewardOutput:
     """Reward ``N`` (prompt, response) pairs with the RM; targets come from each prompt's prefix.
 
     ``prompts`` must be the ORIGINAL prompt texts, prefix included, one per response (repeat them with
     ``Rollout.prompt_index``), never the policy's chat-templated text: the RM strips the prefix and
     re-tokenizes with its own tokenizer and encoding. A prompt without prefix gets the RM's default
-    targets. ``sigma_floor`` and ``z_clip`` guard the ``gaussian`` mapping (``MultiHeadRewardModel.score``).
+    targets. ``sigma_floor`` and ``z_clip`` guard the ``gaussian`` mapping and ``aggregation`` combines
+    the named dimensions' terms (``MultiHeadRewardModel.score``).
 
     Returns:
         :class:`RewardOutput` of ordinary CPU tensors (float32 where float).
@@ -220,6 +222,7 @@ def score_responses(
         batch_size=batch_size,
         sigma_floor=sigma_floor,
         z_clip=z_clip,
+        aggregation=aggregation,
     )
     # rm.score resolves the same targets internally; they are recomputed to report them (cheap).
     rows = [parse_prefix(prompt, rm.dimensions)[0] for prompt in prompts]

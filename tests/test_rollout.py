@@ -328,6 +328,12 @@ def test_score_responses(reward_model: MultiHeadRewardModel) -> None:
     direct = reward_model.score(prompts, responses)
     torch.testing.assert_close(out.reward, direct.reward)
     assert not out.reward.is_inference()  # usable as advantages in the policy loss
+    # aggregation="min": the reward is the smallest named term (row 1 names all three via the defaults)
+    worst = score_responses(reward_model, prompts, responses, aggregation="min")
+    torch.testing.assert_close(worst.components, out.components)
+    expected = torch.where(out.mask, out.components, torch.full_like(out.components, torch.inf)).amin(-1)
+    torch.testing.assert_close(worst.reward, expected)
+    torch.testing.assert_close(worst.reward[[0, 2]], out.reward[[0, 2]])  # one named term: min == mean
 
 
 def test_sampling_draws_from_the_softmax() -> None:

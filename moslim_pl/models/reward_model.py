@@ -211,6 +211,7 @@ class MultiHeadRewardModel(nn.Module):
         batch_size: int = 16,
         sigma_floor: float = 0.0,
         z_clip: float | None = None,
+        aggregation: str = "mean",
     ) -> ScoreOutput:
         """Score (prompt, response) pairs; the prompts' ``<name level>`` prefixes are stripped first.
 
@@ -224,6 +225,8 @@ class MultiHeadRewardModel(nn.Module):
             batch_size: pairs per forward pass.
             sigma_floor, z_clip: guards of the ``gaussian`` mapping against tiny statistics
                 (``moslim_pl.rewards.mapping.gaussian_mapping``); the defaults leave it unguarded.
+            aggregation: ``mean`` (the paper's) or ``min`` of the named dimensions' terms
+                (``moslim_pl.rewards.mapping.AGGREGATIONS``).
         """
         from moslim_pl.rewards.mapping import map_rewards, resolve_targets
 
@@ -252,6 +255,7 @@ class MultiHeadRewardModel(nn.Module):
             weights=None if weights is None else torch.tensor(weights, dtype=torch.float32),
             sigma_floor=sigma_floor,
             z_clip=z_clip,
+            aggregation=aggregation,
         )
         return ScoreOutput(out.reward.float(), out.components.float(), out.mask, probs)
 

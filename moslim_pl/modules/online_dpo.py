@@ -53,6 +53,8 @@ class OnlineDPOModule(PolicyModule):
         sigma_floor, z_clip: guards of the ``gaussian`` mapping: a floor on each statistic's sigma and a
             clamp of each z-term to ``[-z_clip, z_clip]`` (``moslim_pl.rewards.mapping.gaussian_mapping``);
             the defaults (0, ``None``) are the paper's formula.
+        aggregation: how the named dimensions' terms become one reward: ``mean`` (the paper's) or ``min``
+            (the worst named dimension decides: a hit cannot buy off a miss; ``docs/concepts.md``).
         beta: DPO's ``beta``: the implicit reward is ``beta * (log pi - log pi_ref)``.
         learning_rate, weight_decay, warmup_steps: AdamW with linear warm-up then constant.
         max_grad_norm: gradient norm clipping (``None``: off). The Trainer's ``gradient_clip_val`` (with its
@@ -82,6 +84,7 @@ class OnlineDPOModule(PolicyModule):
         mapping_weights: list[float] | None = None,
         sigma_floor: float = 0.0,
         z_clip: float | None = None,
+        aggregation: str = "mean",
         beta: float = 0.1,
         learning_rate: float = 1e-5,
         weight_decay: float = 0.0,

@@ -5,7 +5,8 @@ the rollout math itself lives in ``moslim_pl.rollout`` as plain functions. Subcl
 constructor signature (the CLI reads it), call ``save_hyperparameters()`` and then ``_build_models()``.
 Required hyperparameters: policy, reward_model, tiny_config, max_new_tokens, temperature, top_p,
 max_prompt_length, chat_template, mapping, mapping_weights, max_grad_norm, learning_rate, weight_decay,
-warmup_steps, val_temperature, log_samples_every_n_steps, rm_batch_size, trust_remote_code; optional: lora, sigma_floor, z_clip.
+warmup_steps, val_temperature, log_samples_every_n_steps, rm_batch_size, trust_remote_code; optional: lora,
+sigma_floor, z_clip, aggregation.
 
 Dropout stays off in all three models (as TRL does): the log-probs that train the policy must be those of
 the distribution that sampled; Lightning's warning that modules are in eval mode is therefore expected.
@@ -39,7 +40,7 @@ from moslim_pl.models.lora import LoRAConfig, apply_lora, is_lora, merged_copy, 
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.models.sharding import is_sharded, shard_mesh, shard_model
 from moslim_pl.modules.optim import adamw_with_warmup
-from moslim_pl.rewards.mapping import MAPPINGS
+from moslim_pl.rewards.mapping import AGGREGATIONS, MAPPINGS
 from moslim_pl.rollout import (
     RewardOutput,
     Rollout,
@@ -84,6 +85,10 @@ class PolicyModule(LightningModule):
             )
         if hp.mapping not in MAPPINGS:
             raise MoslimError(f"unknown reward mapping {hp.mapping!r}; expected one of {', '.join(MAPPINGS)}")
+        if hp.get("aggregation", "mean") not in AGGREGATIONS:
+            raise MoslimError(
+                f"unknown aggregation {hp.aggregation!r}; expected one of {', '.join(AGGREGATIONS)}"
+            )
         self.tokenizer_name = hp.policy
         self.tokenizer = load_tokenizer(hp.policy, trust_remote_code=hp.trust_remote_code)
         hp["chat_template"] = resolve_chat_template(self.tokenizer, hp.chat_template, hp.policy)
@@ -214,6 +219,7 @@ class PolicyModule(LightningModule):
             batch_size=hp.rm_batch_size,
             sigma_floor=hp.get("sigma_floor", 0.0),  # checkpoints of older versions lack the two guards
             z_clip=hp.get("z_clip"),
+            aggregation=hp.get("aggregation", "mean"),
         )
         return RewardOutput(*(t.to(self.device) for t in scores))  # score_responses answers on the CPU
 

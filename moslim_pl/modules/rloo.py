@@ -77,6 +77,8 @@ class RLOOModule(PolicyModule):
         sigma_floor, z_clip: guards of the ``gaussian`` mapping: a floor on each statistic's sigma and a
             clamp of each z-term to ``[-z_clip, z_clip]`` (``moslim_pl.rewards.mapping.gaussian_mapping``);
             the defaults (0, ``None``) are the paper's formula.
+        aggregation: how the named dimensions' terms become one reward: ``mean`` (the paper's) or ``min``
+            (the worst named dimension decides: a hit cannot buy off a miss; ``docs/concepts.md``).
         kl_coef: ``beta`` of the reward shaping ``r - beta * KL_seq`` (the initial value when adaptive).
         kl_target, kl_horizon: with ``kl_target`` set, ``beta`` adapts towards this per-sequence KL over a
             horizon counted in samples (Ziegler et al.); ``None`` keeps ``beta`` fixed.
@@ -117,6 +119,7 @@ class RLOOModule(PolicyModule):
         mapping_weights: list[float] | None = None,
         sigma_floor: float = 0.0,
         z_clip: float | None = None,
+        aggregation: str = "mean",
         kl_coef: float = 0.05,
         kl_target: float | None = None,
         kl_horizon: float = 10000.0,

@@ -18,6 +18,9 @@ import torch
 from torch import Tensor
 
 MAPPINGS: tuple[str, ...] = ("gaussian", "expected_level", "log_prob", "linear")
+AGGREGATIONS: tuple[str, ...] = ("mean", "min")
+"""How the named dimensions' terms become one reward: ``mean`` (the paper's) or ``min`` (the worst named
+dimension decides, so a hit on one cannot buy off a miss on another; ``docs/concepts.md``)."""
 
 
 class MappedReward(NamedTuple):
@@ -57,10 +60,17 @@ def _target_mask_and_index(targets: Tensor) -> tuple[Tensor, Tensor]:
     return mask, targets.clamp(min=0)
 
 
-def _masked_mean(components: Tensor, mask: Tensor) -> MappedReward:
-    """Zero the masked ``components [N, K]`` and average over the unmasked ones (0 for an empty row)."""
+def _masked_mean(components: Tensor, mask: Tensor, aggregation: str = "mean") -> MappedReward:
+    """Zero the masked ``components [N, K]`` and aggregate the unmasked ones per row (0 for an empty row):
+    their mean, or with ``aggregation="min"`` the smallest of them."""
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {', '.join(AGGREGATIONS)}")
     # torch.where (not multiplication) so that a non-finite term at a masked position cannot leak as NaN.
     components = torch.where(mask, components, torch.zeros_like(components))
+    if aggregation == "min":
+        worst = torch.where(mask, components, torch.full_like(components, torch.inf)).amin(dim=-1)
+        reward = torch.where(mask.any(dim=-1), worst, torch.zeros_like(worst))
+        return MappedReward(reward, components, mask)
     count = mask.sum(dim=-1).clamp(min=1).to(components.dtype)
     return MappedReward(components.sum(dim=-1) / count, components, mask)
 
@@ -89,6 +99,7 @@ def gaussian_mapping(
     eps: float = 1e-6,
     sigma_floor: float = 0.0,
     z_clip: float | None = None,
+    aggregation: str = "mean",
 ) -> MappedReward:
     """Standardized probability of the requested level, averaged over the named dimensions.
 
@@ -101,6 +112,9 @@ def gaussian_mapping(
     ``max(sigma, sigma_floor)``, and ``z_clip`` clamps each z-term to ``[-z_clip, z_clip]``. The defaults
     (0, ``None``) leave the paper's formula as it is.
 
+    ``aggregation="min"`` replaces the average by the minimum over ``S``: the reward is the worst named
+    dimension's z-term, so answering one request well cannot make up for ignoring another.
+
     Args:
         probs: ``[N, K, L]`` per-head probabilities, zero-padded.
         targets: ``[N, K]`` long, requested level, ``-1`` = not named.
@@ -109,6 +123,7 @@ def gaussian_mapping(
         eps: added to the std so a level that never varied does not divide by 0.
         sigma_floor: lower bound of each std (before ``eps`` is added); 0 = none.
         z_clip: bound on the absolute value of each z-term; ``None`` = none.
+        aggregation: ``mean`` (the paper's) or ``min`` over the named dimensions (:data:`AGGREGATIONS`).
 
     Returns:
         :class:`MappedReward` with ``reward [N]``, ``components [N, K]``, ``mask [N, K]``.
@@ -127,14 +142,17 @@ def gaussian_mapping(
     z = (p_t - mu_t) / sigma_t
     if z_clip is not None:
         z = z.clamp(-z_clip, z_clip)
-    return _masked_mean(z, mask)
+    return _masked_mean(z, mask, aggregation)
 
 
-def expected_level_mapping(probs: Tensor, targets: Tensor, num_levels: Tensor) -> MappedReward:
+def expected_level_mapping(
+    probs: Tensor, targets: Tensor, num_levels: Tensor, aggregation: str = "mean"
+) -> MappedReward:
     """Negative normalized distance between the expected level and the requested one.
 
     ``component_k = -|E_k[class] - t_k| / (num_levels_k - 1)`` lies in ``[-1, 0]`` (0 is a perfect hit),
-    so heads with different numbers of levels weigh the same; averaged over the named dimensions.
+    so heads with different numbers of levels weigh the same; averaged over the named dimensions (or
+    their minimum, ``aggregation="min"``).
 
     Args:
         probs: ``[N, K, L]`` per-head probabilities, zero-padded.
@@ -146,11 +164,14 @@ def expected_level_mapping(probs: Tensor, targets: Tensor, num_levels: Tensor) -
     """
     mask, index = _target_mask_and_index(targets)
     distance = (expected_level(probs) - index.to(probs.dtype)).abs()
-    return _masked_mean(-distance / _level_span(num_levels, probs), mask)
+    return _masked_mean(-distance / _level_span(num_levels, probs), mask, aggregation)
 
 
-def log_prob_mapping(probs: Tensor, targets: Tensor, eps: float = 1e-8) -> MappedReward:
-    """Log-probability of the requested level, averaged over the named dimensions.
+def log_prob_mapping(
+    probs: Tensor, targets: Tensor, eps: float = 1e-8, aggregation: str = "mean"
+) -> MappedReward:
+    """Log-probability of the requested level, averaged over the named dimensions (or their minimum,
+    ``aggregation="min"``).
 
     Args:
         probs: ``[N, K, L]`` per-head probabilities, zero-padded.
@@ -164,7 +185,7 @@ def log_prob_mapping(probs: Tensor, targets: Tensor, eps: float = 1e-8) -> Mappe
     p_t = probs.gather(-1, index.unsqueeze(-1)).squeeze(-1) + eps
     # log'(0) is infinite even behind a mask (0 * inf = NaN in backward), so masked slots read p = 1.
     p_t = torch.where(mask, p_t, torch.ones_like(p_t))
-    return _masked_mean(torch.log(p_t), mask)
+    return _masked_mean(torch.log(p_t), mask, aggregation)
 
 
 def linear_mapping(probs: Tensor, weights: Tensor, num_levels: Tensor) -> MappedReward:
@@ -208,6 +229,7 @@ def map_rewards(
     eps: float | None = None,
     sigma_floor: float = 0.0,
     z_clip: float | None = None,
+    aggregation: str = "mean",
 ) -> MappedReward:
     """Dispatch to the mapping named ``kind`` (one of :data:`MAPPINGS`).
 
@@ -223,27 +245,38 @@ def map_rewards(
             ignored by mappings without an eps.
         sigma_floor, z_clip: the ``gaussian`` mapping's guards (:func:`gaussian_mapping`); ignored by
             the other mappings.
+        aggregation: how the named dimensions' terms combine, ``mean`` or ``min`` (:data:`AGGREGATIONS`);
+            ignored by ``linear`` (a fixed weighted sum).
 
     Returns:
         :class:`MappedReward` with ``reward [N]``, ``components [N, K]``, ``mask [N, K]``.
 
     Raises:
-        ValueError: unknown ``kind`` or a missing argument that ``kind`` needs.
+        ValueError: unknown ``kind`` or ``aggregation``, or a missing argument that ``kind`` needs.
     """
     if kind not in MAPPINGS:
         raise ValueError(f"unknown reward mapping {kind!r}; expected one of {', '.join(MAPPINGS)}")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {', '.join(AGGREGATIONS)}")
     if kind != "linear":
         _require(kind, targets=targets)
     eps_kwargs = {} if eps is None else {"eps": eps}
     if kind == "gaussian":
         _require(kind, mean=mean, std=std)
         return gaussian_mapping(
-            probs, targets, mean, std, sigma_floor=sigma_floor, z_clip=z_clip, **eps_kwargs
+            probs,
+            targets,
+            mean,
+            std,
+            sigma_floor=sigma_floor,
+            z_clip=z_clip,
+            aggregation=aggregation,
+            **eps_kwargs,
         )
     if kind == "expected_level":
         _require(kind, num_levels=num_levels)
-        return expected_level_mapping(probs, targets, num_levels)
+        return expected_level_mapping(probs, targets, num_levels, aggregation)
     if kind == "log_prob":
-        return log_prob_mapping(probs, targets, **eps_kwargs)
+        return log_prob_mapping(probs, targets, aggregation=aggregation, **eps_kwargs)
     _require(kind, weights=weights, num_levels=num_levels)
     return linear_mapping(probs, weights, num_levels)

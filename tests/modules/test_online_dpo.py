@@ -160,6 +160,7 @@ def test_a_rank_with_only_ties_backpropagates_exact_zeros_when_another_has_pairs
         ({"temperature": 0.0}, "temperature > 0"),
         ({"beta": 0.0}, "beta > 0"),
         ({"mapping": "nope"}, "unknown reward mapping"),
+        ({"aggregation": "max"}, "unknown aggregation 'max'"),
         ({"mapping": "linear"}, "mapping_weights"),
     ],
 )

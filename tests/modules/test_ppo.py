@@ -182,6 +182,7 @@ def test_value_learning_rate_is_its_own_group(formality_rm: Path) -> None:
         ({"kl_coef": -1.0}, "kl_coef"),
         ({"temperature": 0.0}, "temperature > 0"),
         ({"mapping": "nope"}, "unknown reward mapping"),
+        ({"aggregation": "max"}, "unknown aggregation 'max'"),
     ],
 )
 def test_bad_arguments(formality_rm: Path, kwargs: dict, match: str) -> None:

@@ -147,6 +147,7 @@ def test_adaptive_kl_clipping_and_checkpoint(
         ({"num_samples": 1}, "num_samples >= 2"),
         ({"temperature": 0.0}, "temperature > 0"),
         ({"mapping": "nope"}, "unknown reward mapping"),
+        ({"aggregation": "max"}, "unknown aggregation 'max'"),
         ({"mapping": "linear"}, "mapping_weights"),
         ({"updates_per_rollout": 0}, "updates_per_rollout"),
     ],

@@ -94,6 +94,45 @@ def test_gaussian_guards_default_off_and_reach_the_dispatcher() -> None:
     torch.testing.assert_close(guarded.reward, torch.tensor([0.5625, 1.0], dtype=F64), atol=1e-5, rtol=0)
 
 
+def test_gaussian_min_aggregation_hand_values() -> None:
+    out = gaussian_mapping(_probs(), _targets(), MEAN, STD, eps=0.0, aggregation="min")
+    # the z-terms 0.5, 2 | 2 of test_gaussian_hand_values: row 0 min(0.5, 2) = 0.5 (the mean was 1.25: the
+    # hit of head 1 no longer lifts the reward); row 1 has one named term, min = mean = 2
+    _assert_mapped(out, [0.5, 2.0], [[0.5, 2.0], [2.0, 0.0]], [[True, True], [True, False]])
+    # a miss (-2 on head 1) next to a hit (+0.5): the mean would be -0.75, the minimum is the miss
+    low = gaussian_mapping(1 - _probs(), _targets(), MEAN, STD, eps=0.0, aggregation="min")
+    assert low.reward[0].item() == -2.0
+    # the guards apply per term, before the minimum: z_clip 1.5 -> min(0.5, 1.5) and 1.5
+    clipped = gaussian_mapping(_probs(), _targets(), MEAN, STD, eps=0.0, z_clip=1.5, aggregation="min")
+    assert clipped.reward.tolist() == [0.5, 1.5]
+
+
+def test_min_aggregation_of_the_other_mappings_hand_values() -> None:
+    # expected_level terms 0, -0.25 | -0.1875 -> min -0.25 | -0.1875
+    out = expected_level_mapping(_probs(), _targets(), NUM_LEVELS, aggregation="min")
+    _assert_mapped(out, [-0.25, -0.1875], [[0.0, -0.25], [-0.1875, 0.0]], [[True, True], [True, False]])
+    # log_prob terms log .5, log .75 | log .75 -> log .5 | log .75
+    out = log_prob_mapping(_probs(), _targets(), eps=0.0, aggregation="min")
+    assert out.reward.tolist() == pytest.approx([math.log(0.5), math.log(0.75)])
+    # a row naming nothing gets 0 under either aggregation, and the dispatcher passes the option on
+    empty = torch.tensor([[-1, -1], [2, -1]])
+    out = map_rewards("gaussian", _probs(), empty, mean=MEAN, std=STD, eps=0.0, aggregation="min")
+    assert out.reward.tolist() == [0.0, 2.0]
+
+
+def test_mean_aggregation_is_the_default_bit_for_bit() -> None:
+    for kind in ("gaussian", "expected_level", "log_prob"):
+        kwargs = {"mean": MEAN, "std": STD, "num_levels": NUM_LEVELS}
+        plain = map_rewards(kind, _probs(), _targets(), **kwargs)
+        explicit = map_rewards(kind, _probs(), _targets(), aggregation="mean", **kwargs)
+        assert torch.equal(plain.reward, explicit.reward)
+
+
+def test_unknown_aggregation() -> None:
+    with pytest.raises(ValueError, match="unknown aggregation 'max'; expected one of mean, min"):
+        map_rewards("gaussian", _probs(), _targets(), mean=MEAN, std=STD, aggregation="max")
+
+
 def test_expected_level_hand_values() -> None:
     out = expected_level_mapping(_probs(), _targets(), NUM_LEVELS)
     # E: row 0 head 0 = 0*.25 + 1*.5 + 2*.25 = 1;  head 1 = 1*.25 = 0.25
