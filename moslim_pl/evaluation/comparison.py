@@ -137,6 +137,7 @@ def evaluate(
             }
             for d in dimensions
         },
+        "mean_rho": sum(spearman(requested[n], achieved[n]) for n in requested) / len(requested),
         "joint_hit_rate": sum(joint_hits) / len(joint_hits) if joint_hits else 0.0,
         "empty_rate": empty_rate(answers),
         "mean_reward": sum(rewards) / len(rewards),
@@ -303,7 +304,7 @@ def format_comparison(table: dict[str, dict[str, Any]]) -> str:
     for method, row in table.items():
         dims = row["dimensions"]
         cells = "".join(f"{dims[n]['spearman_oracle']:>16.3f}{dims[n]['hit_rate']:>6.2f}" for n in names)
-        mean_rho = sum(dims[n]["spearman_oracle"] for n in names) / len(names)
+        mean_rho = row.get("mean_rho", sum(dims[n]["spearman_oracle"] for n in names) / len(names))
         hours, tokens = row["compute_hours"], row.get("compute_tokens", 0) / 1e6
         joint, empty = row.get("joint_hit_rate", 0.0), row.get("empty_rate", 0.0)
         lines.append(

@@ -3,6 +3,8 @@
 #   recipes/paper_comparison/run.sh OUTDIR
 # Trains, from one SFT start and one multi-head reward model:
 #   moslim          one RLOO policy steered by prefixes (Gaussian mapping), 1200 steps;
+#   moslim_joint    the same with --model.aggregation min (the worst named dimension decides the reward,
+#                   docs/concepts.md), 1200 steps;
 #   morlhf          three RLOO policies on fixed weight vectors of the linear mapping, 600 steps each;
 #   rewarded_soups  one RLOO policy per dimension (that dimension's linear reward), 600 steps each,
 #                   interpolated with the SFT start per request;
@@ -10,15 +12,33 @@
 # then answers the same held-out prompts for the same grid of requests with every method
 # (moslim_pl/evaluation/comparison.py) and writes OUTDIR/comparison.json and the table. It also trains
 # three reward models with labels coarsened to 2, 3 and all levels (OUTDIR/granularity.json).
-# Two lanes run side by side (one per core): 15 minutes on 2 CPU cores (docs/paper_comparison.md).
+# Two lanes run side by side (one per core): about 20 minutes on 2 CPU cores (docs/paper_comparison.md).
+#
+# Seeds: SEED=n passes --seed_everything n to every stage (initial weights, dropout, RL sampling); the
+# synthetic world, the prompt split and the prompt order keep their own seeds, so every seed answers the
+# same held-out prompts. SEEDS="0 1 2" runs the whole recipe once per seed into OUTDIR/seed_<n>/ and
+# writes the mean, std, min and max of every figure over the seeds to OUTDIR/comparison.json and
+# OUTDIR/granularity.json (moslim_pl/evaluation/seeds.py). Without either: the configs' seed, 0.
 set -euo pipefail
-out=${1:?usage: recipes/paper_comparison/run.sh OUTDIR}
+out=${1:?usage: [SEEDS="0 1 2"] recipes/paper_comparison/run.sh OUTDIR}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
+if [[ -n ${SEEDS:-} ]]; then
+  files=() grans=()
+  for seed in $SEEDS; do
+    echo "==== seed $seed"
+    SEEDS="" SEED=$seed "$0" "$out/seed_$seed"
+    files+=("$out/seed_$seed/comparison.json") grans+=("$out/seed_$seed/granularity.json")
+  done
+  python -m moslim_pl.evaluation.seeds "${grans[@]}" --out "$out/granularity.json" > /dev/null
+  python -m moslim_pl.evaluation.seeds "${files[@]}" --out "$out/comparison.json"
+  exit 0
+fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 latest() { ls -d "$out/$1"/version_* | sort -V | tail -n 1; }
 common=(--trainer.logger.init_args.save_dir "$out" --trainer.enable_progress_bar false)
+if [[ -n ${SEED:-} ]]; then common+=(--seed_everything "$SEED"); fi
 fail() { tail -n 20 "$out/$1.log"; exit 1; }
 fit() {  # fit NAME CONFIG [options]: one run, logged to OUTDIR/NAME.log
   local name=$1 config=$2
@@ -40,12 +60,13 @@ baseline=(--trainer.max_steps 600 --trainer.val_check_interval 300 --data.no_pre
 echo "== MOSLIM, RiC and the baselines (two lanes)"
 (
   fit moslim policy/rloo_quickstart.yaml "${rl[@]}"
+  fit moslim_joint policy/rloo_quickstart.yaml "${rl[@]}" --model.aggregation min
   fit morlhf_0 policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.mapping_weights "[1, 1, 1]"
-  fit morlhf_1 policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.mapping_weights "[-1, -1, 1]"
 ) &
 lane_a=$!
 (
   fit ric sft/quickstart.yaml --data.label_prefix true
+  fit morlhf_1 policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.mapping_weights "[-1, -1, 1]"
   fit morlhf_2 policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.mapping_weights "[1, -1, -1]"
   fit soup_verbosity policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.mapping_weights "[1, 0, 0]"
   fit soup_formality policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.mapping_weights "[0, 1, 0]"
@@ -87,6 +108,9 @@ cat > "$out/comparison_spec.json" <<JSON
   "methods": {
     "moslim": {"kind": "prefix", "policy": "$(latest moslim)/export",
                "compute": [$(compute sft_quickstart), $(compute reward_model_quickstart), $(compute moslim)]},
+    "moslim_joint": {"kind": "prefix", "policy": "$(latest moslim_joint)/export",
+               "compute": [$(compute sft_quickstart), $(compute reward_model_quickstart),
+                           $(compute moslim_joint)]},
     "morlhf": {"kind": "weights",
                "policies": ["$(latest morlhf_0)/export", "$(latest morlhf_1)/export", "$(latest morlhf_2)/export"],
                "weights": [[1, 1, 1], [-1, -1, 1], [1, -1, -1]],
