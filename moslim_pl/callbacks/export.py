@@ -16,8 +16,8 @@ class ExportCallback(Callback):
     Every rank takes part because a model sharded with FSDP is gathered for the export (a collective);
     the modules' ``export`` methods write on rank 0 only.
 
-    Place it after ``RewardStatsCallback`` in the callback list so the export carries the
-    re-estimated statistics.
+    Before exporting it runs the end-of-fit re-estimation of any ``RewardStatsCallback`` (once per fit),
+    so the export carries the final statistics wherever the two callbacks sit in the list.
 
     Args:
         dirpath: the export folder; ``None`` puts it at ``<trainer.log_dir>/export``.
@@ -32,6 +32,11 @@ class ExportCallback(Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / "export"
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        from moslim_pl.callbacks.stats import RewardStatsCallback
+
+        for callback in trainer.callbacks:
+            if isinstance(callback, RewardStatsCallback):
+                callback.finalize(trainer, pl_module)
         folder = self.resolve_dirpath(trainer)
         pl_module.export(folder)
         if trainer.is_global_zero:

@@ -4,7 +4,9 @@ The Gaussian reward mapping z-scores ``p_k[t]`` with these statistics, so they m
 distribution of the RM's outputs. During training they are an exponential moving average over the
 training batches (under the weights of the moment); with ``reestimate_at_end`` they are recomputed
 exactly over the training set with the final weights, which is what the policy stage should use.
-Sums are all-reduced across ranks, so every rank holds the same statistics.
+Sums are all-reduced across ranks, so every rank holds the same statistics. A batch with a non-finite
+probability (on any rank) never enters them, and ``ExportCallback`` asks for the re-estimation before it
+exports, so the export carries the final statistics whatever the order of the two callbacks.
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ class RewardStatsCallback(Callback):
         if probs is None:
             raise RuntimeError("RewardStatsCallback needs training_step to return {'loss', 'probs'}")
         sums = self._reduce(trainer, probability_sums(probs))
+        # A NaN/inf on any rank makes the all-reduced sums non-finite on every rank: all skip alike.
+        if not (torch.isfinite(sums.total).all() and torch.isfinite(sums.total_sq).all()):
+            log.warning(
+                "step %d: non-finite probabilities, kept out of the reward statistics", trainer.global_step
+            )
+            return
         rm = pl_module.rm
         batch_mean, batch_std = sums.moments()
         if float(rm.stats_count) == 0.0:
@@ -67,13 +75,30 @@ class RewardStatsCallback(Callback):
         rm.stats_std.copy_(std.to(rm.stats_std.dtype))
         rm.stats_count.add_(sums.count.to(rm.stats_count.dtype))
 
-    @torch.no_grad()
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._reestimated = False
+
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self.reestimate_at_end or trainer.train_dataloader is None:
+        self.finalize(trainer, pl_module)
+
+    @torch.no_grad()
+    def finalize(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The end-of-fit re-estimation, once per fit: ``ExportCallback`` calls it before exporting,
+        this callback's ``on_train_end`` otherwise."""
+        if (
+            getattr(self, "_reestimated", False)
+            or not self.reestimate_at_end
+            or trainer.train_dataloader is None
+        ):
             return
+        self._reestimated = True
         was_training = pl_module.training
         pl_module.eval()
-        total: StatSums | None = None
+        rm = pl_module.rm
+        zeros = torch.zeros(rm.stats_mean.shape, dtype=torch.float64, device=rm.stats_mean.device)
+        # Starts at zero rows (not None) so that every rank takes part in the all-reduce below.
+        total = StatSums(zeros, zeros.clone(), zeros.new_zeros(()))
+        skipped = 0
         for i, batch in enumerate(trainer.train_dataloader):
             if self.reestimate_max_batches is not None and i >= self.reestimate_max_batches:
                 break
@@ -83,13 +108,17 @@ class RewardStatsCallback(Callback):
             logits = trainer.strategy.model(batch.input_ids, batch.attention_mask)
             probs = logits.float().softmax(-1)
             sums = probability_sums(probs)
-            total = sums if total is None else add_sums(total, sums)
+            if not (torch.isfinite(sums.total).all() and torch.isfinite(sums.total_sq).all()):
+                skipped += 1
+                continue
+            total = add_sums(total, sums)
         pl_module.train(was_training)
-        if total is None:
-            return
+        if skipped:
+            log.warning("%d batch(es) with non-finite probabilities left out of the re-estimation", skipped)
         total = self._reduce(trainer, total)
+        if float(total.count) == 0:
+            return
         mean, std = total.moments()
-        rm = pl_module.rm
         rm.stats_mean.copy_(mean.to(rm.stats_mean.dtype))
         rm.stats_std.copy_(std.to(rm.stats_std.dtype))
         rm.stats_count.copy_(total.count.to(rm.stats_count.dtype))

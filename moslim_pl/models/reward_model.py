@@ -126,6 +126,7 @@ class MultiHeadRewardModel(nn.Module):
         self.register_buffer("stats_std", torch.ones(valid.shape))
         self.register_buffer("stats_count", torch.zeros(()))
         self.register_buffer("num_levels", levels, persistent=False)
+        self._warned_no_stats = False
 
     @property
     def dimensions(self) -> tuple[Dimension, ...]:
@@ -236,6 +237,13 @@ class MultiHeadRewardModel(nn.Module):
             raise MoslimError(
                 f"score() got {len(prompts)} prompts, {len(responses)} responses and "
                 f"{'no' if targets is None else len(targets)} target rows; they must match"
+            )
+        if mapping == "gaussian" and not self._warned_no_stats and float(self.stats_count) == 0:
+            self._warned_no_stats = True
+            log.warning(
+                "the reward model's statistics were never collected (stats_count 0): the gaussian mapping "
+                "z-scores with their placeholders (mean 1/levels, std 1); train the RM with "
+                "RewardStatsCallback, or use mapping expected_level (docs/concepts.md, section 3)"
             )
         parsed = [parse_prefix(prompt, self._dimensions) for prompt in prompts]
         rows = [levels for levels, _ in parsed] if targets is None else targets

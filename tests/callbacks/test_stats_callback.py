@@ -8,8 +8,9 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from moslim_pl.callbacks import RewardStatsCallback
+from moslim_pl.callbacks import ExportCallback, RewardStatsCallback
 from moslim_pl.data import PreferenceDataModule, SyntheticConfig
+from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.modules import RewardModelModule
 
 
@@ -53,6 +54,48 @@ def test_ema_by_hand():
     assert torch.allclose(rm.stats_mean, mean, atol=1e-6)
     assert torch.allclose(rm.stats_std, var.sqrt(), atol=1e-6)
     assert rm.stats_count.item() == 6
+
+
+def test_non_finite_batch_never_enters_the_statistics():
+    module = _module()
+    module._build(_data().dimensions)
+    rm = module.rm
+    trainer = SimpleNamespace(strategy=_IdentityStrategy(), global_step=7)
+    callback = RewardStatsCallback(momentum=0.5)
+    k, levels = rm.stats_mean.shape
+    callback.on_train_batch_end(trainer, module, {"loss": None, "probs": torch.rand(4, k, levels)}, None, 0)
+    before = (rm.stats_mean.clone(), rm.stats_std.clone(), rm.stats_count.clone())
+    for bad in (float("nan"), float("inf")):
+        probs = torch.rand(3, k, levels)
+        probs[1, 0, 0] = bad
+        callback.on_train_batch_end(trainer, module, {"loss": None, "probs": probs}, None, 1)
+        for kept, now in zip(before, (rm.stats_mean, rm.stats_std, rm.stats_count), strict=True):
+            assert torch.equal(kept, now)
+
+
+def test_export_carries_the_reestimated_statistics_whatever_the_order(tmp_path):
+    data = _data()
+    module = _module()
+    export = tmp_path / "export"
+    trainer = Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        # the export first: it still must carry the re-estimated statistics, not the moving average
+        callbacks=[ExportCallback(dirpath=str(export)), RewardStatsCallback(momentum=0.1)],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=data)
+    exported = MultiHeadRewardModel.from_pretrained(export)
+    # 3 steps of 8 rows fed the moving average 24 rows; the re-estimation reads the whole training set
+    assert module.rm.stats_count.item() == len(data.train_dataset) != 24
+    assert exported.stats_count.item() == len(data.train_dataset)
+    assert torch.equal(exported.stats_mean, module.rm.stats_mean)
+    assert torch.equal(exported.stats_std, module.rm.stats_std)
 
 
 def test_needs_probs_from_training_step():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,21 @@ def test_score_batches_and_mappings(llama_rm: MultiHeadRewardModel) -> None:
     linear = llama_rm.score(prompts, responses, mapping="linear", weights=[1.0, 0.0])
     assert linear.mask.tolist() == [[True, False]] * 3
     assert llama_rm.training is False
+
+
+def test_gaussian_without_statistics_warns_once(llama_rm: MultiHeadRewardModel, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="moslim_pl.models.reward_model"):
+        llama_rm.score(["a"], ["b"], mapping="expected_level")
+        assert not caplog.records  # the other mappings do not read the statistics
+        llama_rm.score(["a"], ["b"])
+        llama_rm.score(["a"], ["b"])
+    assert len(caplog.records) == 1 and "statistics were never collected" in caplog.text
+    caplog.clear()
+    collected = _rm("moslim/tiny-llama", llama_rm.tokenizer)
+    collected.stats_count.fill_(10.0)
+    with caplog.at_level(logging.WARNING, logger="moslim_pl.models.reward_model"):
+        collected.score(["a"], ["b"])
+    assert not caplog.records
 
 
 def test_score_errors(llama_rm: MultiHeadRewardModel) -> None:
