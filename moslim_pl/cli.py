@@ -8,14 +8,24 @@ see the traceback.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
 import logging
 import os
+import re
 import sys
+import typing
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
+from types import MethodType
 from typing import Any, NoReturn
 
+import torch
 import transformers
+import yaml
+from jsonargparse import ArgumentParser
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
@@ -71,12 +81,80 @@ class MoslimCLI(LightningCLI):
             strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
+    def _add_configure_optimizers_method_to_model(self, subcommand: str | None) -> None:
+        """``--optimizer`` and ``--lr_scheduler`` for every stage (see :func:`install_optimizer`), instead of
+        Lightning's version, which builds the optimizer at parse time over every parameter (a reward model
+        built in ``configure_model`` has none yet; frozen models would join) and ignores a scheduler
+        given without an optimizer."""
+        config = self.config_init.get(subcommand) if subcommand else self.config_init
+        if config is None:
+            return
+        install_optimizer(self.model, config.get("optimizer"), config.get("lr_scheduler"))
+
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
         super().parse_arguments(parser, args)
         # before LightningCLI reads the checkpoint's hyperparameters, which fails with a traceback
         subcommand = self.config.get("subcommand")
         if subcommand:
             check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+
+
+_OWN_RATES = {
+    "value_learning_rate": "the critic's own learning rate",
+    "head_learning_rate": "the heads' own learning rate",
+}
+
+
+def install_optimizer(model: LightningModule, optimizer_init: Any | None, scheduler_init: Any | None) -> None:
+    """Replace ``model.configure_optimizers`` so that ``--optimizer`` (a ``torch.optim`` class with its
+    options) and/or ``--lr_scheduler`` apply (``docs/user_guide.md``, "Lightning's own knobs").
+
+    The optimizer is built when training starts, over the trainable parameters only (frozen reference
+    and reward models stay out); without ``--lr_scheduler`` the stage's own linear warm-up
+    (``model.warmup_steps``) still applies. Without ``--optimizer``, the stage's own AdamW (no decay on
+    biases and norms, per-group rates) gets the given scheduler. Schedulers step with every optimizer
+    step. One-line refusals where the two cannot combine: a stage's own second learning rate
+    (``value_learning_rate``, ``head_learning_rate``) with ``--optimizer``, ``warmup_steps > 0`` with
+    ``--lr_scheduler`` (put the warm-up in the scheduler: ``moslim_pl.modules.optim.WarmupDecayLR``).
+    """
+    if not optimizer_init and not scheduler_init:
+        return
+    from lightning.pytorch.cli import instantiate_class
+
+    from moslim_pl.modules.optim import WarmupDecayLR
+
+    hparams = getattr(model, "hparams", {})
+    if optimizer_init:
+        for name, what in _OWN_RATES.items():
+            if hparams.get(name) is not None:
+                raise MoslimError(
+                    f"--optimizer replaces the stage's AdamW, which sets {what} ({name}={hparams[name]}): "
+                    f"unset --model.{name} or drop --optimizer"
+                )
+    warmup = int(hparams.get("warmup_steps", 0) or 0)
+    if scheduler_init and warmup > 0:
+        raise MoslimError(
+            f"--lr_scheduler replaces the stage's warm-up (warmup_steps={warmup}): set --model.warmup_steps 0 and "
+            "the warm-up in the scheduler (moslim_pl.modules.optim.WarmupDecayLR --lr_scheduler.warmup_steps N)"
+        )
+    own = model.configure_optimizers
+
+    def configure_optimizers(module: LightningModule) -> dict[str, Any]:
+        if optimizer_init:
+            trainable = [p for p in module.parameters() if p.requires_grad]
+            optimizer = instantiate_class(trainable, optimizer_init)
+        else:
+            optimizer = own()["optimizer"]
+        if scheduler_init:
+            scheduler = instantiate_class(optimizer, scheduler_init)
+        else:
+            scheduler = WarmupDecayLR(optimizer, warmup_steps=warmup)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": "step"}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config.update(interval="epoch", monitor=getattr(scheduler, "monitor", "val/loss"))
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    model.configure_optimizers = MethodType(configure_optimizers, model)
 
 
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
@@ -99,6 +177,78 @@ def check_ckpt_path(ckpt_path: str | None) -> None:
         raise MoslimError(f"ckpt_path {ckpt_path!r} is not a checkpoint (not a torch.save archive)")
 
 
+# ------------------------------------------------------------------ nested --<group>.<option>.help
+_NESTED_HELP = re.compile(r"^--(model|data)\.([A-Za-z_][A-Za-z0-9_]*)\.help$")
+
+
+def _configured_class_path(args: Sequence[str], group: str) -> str | None:
+    """The ``class_path`` of ``group`` (``model`` or ``data``) the command line picks: the last ``--config``
+    file naming one, or a later ``--model CLASS``."""
+    class_path = None
+    for i, arg in enumerate(args):
+        value = None
+        if arg in ("--config", f"--{group}") and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(("--config=", f"--{group}=")):
+            value = arg.split("=", 1)[1]
+        if value is None:
+            continue
+        if arg.startswith("--config"):
+            try:
+                config = yaml.safe_load(Path(value).read_text()) or {}
+            except (OSError, yaml.YAMLError) as err:
+                raise MoslimError(f"cannot read config {value!r}: {' '.join(str(err).split())}") from None
+            section = config.get(group) if isinstance(config, dict) else None
+            if isinstance(section, dict) and section.get("class_path"):
+                class_path = str(section["class_path"])
+        elif not value.lstrip().startswith(("{", "/")) and not value.endswith((".yaml", ".yml")):
+            class_path = value
+    return class_path
+
+
+def _resolve_class(class_path: str, group: str) -> type:
+    if "." not in class_path:  # a short name, as LightningCLI resolves it among moslim-pl's classes
+        class_path = f"moslim_pl.{'modules' if group == 'model' else 'data'}.{class_path}"
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        raise MoslimError(f"--{group}: cannot import {class_path!r}") from None
+
+
+def nested_help(args: Sequence[str]) -> str | None:
+    """The help text of ``--model.<option>.help`` (or ``--data.<option>.help``): the options of the class
+    that a constructor argument of the configured model or datamodule takes (``--model.lora.help``: the
+    ``LoRAConfig`` fields). ``None`` when the command line asks for no such help. LightningCLI lists these
+    flags in ``--model.help CLASS`` but cannot answer them, since the model's class is only known once
+    the command line is parsed."""
+    wanted = [m for m in map(_NESTED_HELP.match, args) if m]
+    if not wanted:
+        return None
+    group, option = wanted[0].group(1), wanted[0].group(2)
+    class_path = _configured_class_path(args, group)
+    if class_path is None:
+        raise MoslimError(
+            f"--{group}.{option}.help: pick the {group} first (--config FILE or --{group} CLASS)"
+        )
+    cls = _resolve_class(class_path, group)
+    hints = typing.get_type_hints(cls.__init__)
+    if option not in inspect.signature(cls.__init__).parameters:
+        raise MoslimError(f"--{group}.{option}.help: {cls.__name__} has no option {option!r}")
+    candidates = [t for t in typing.get_args(hints.get(option)) or (hints.get(option),) if inspect.isclass(t)]
+    candidates = [t for t in candidates if t is not type(None) and dataclasses.is_dataclass(t)]
+    if not candidates:
+        raise MoslimError(
+            f"--{group}.{option}.help: {option} of {cls.__name__} is a plain value "
+            f"({hints.get(option)}); see moslim-pl fit --{group}.help {cls.__name__}"
+        )
+    parser = ArgumentParser(
+        prog=f"moslim-pl ... --{group}.{option}", description=inspect.getdoc(candidates[0])
+    )
+    parser.add_class_arguments(candidates[0], nested_key=f"{group}.{option}")
+    return parser.format_help()
+
+
 def _user_error(err: BaseException) -> MoslimError | None:
     """The ``MoslimError`` behind ``err``: itself, or one that jsonargparse wrapped while it built the
     model or datamodule from the config (it re-raises a ``ValueError`` chained to the original)."""
@@ -118,6 +268,10 @@ def main(args: list[str] | None = None) -> None:
     # per-file progress bars of weight loading and saving would drown the training log
     transformers.utils.logging.disable_progress_bar()
     try:
+        help_text = nested_help(sys.argv[1:] if args is None else args)
+        if help_text is not None:
+            sys.stdout.write(help_text)
+            return
         MoslimCLI(args=args)
     except Exception as err:
         user_error = _user_error(err)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 def adamw_with_warmup(
@@ -31,3 +32,98 @@ def adamw_with_warmup(
     warmup = max(int(warmup_steps), 0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+DECAYS = ("constant", "linear", "cosine")
+
+
+class WarmupDecayLR(torch.optim.lr_scheduler.LambdaLR):
+    """Linear warm-up over ``warmup_steps`` (as every stage's own schedule), then constant, linear or cosine
+    decay to ``min_lr_ratio`` times the peak at ``total_steps``. Steps are optimizer steps.
+
+    From YAML or the command line (``docs/user_guide.md``, "Lightning's own knobs")::
+
+        --lr_scheduler moslim_pl.modules.optim.WarmupDecayLR --lr_scheduler.warmup_steps 10
+        --lr_scheduler.total_steps 1200 --lr_scheduler.decay cosine
+
+    Args:
+        optimizer: the optimizer (LightningCLI passes it).
+        warmup_steps: steps of the linear warm-up: step ``s < warmup_steps`` runs at ``(s + 1) /
+            (warmup_steps + 1)`` of the peak.
+        total_steps: the step at which the decay ends (needed by ``linear`` and ``cosine``; usually
+            ``trainer.max_steps``); later steps stay at the floor.
+        decay: ``constant``, ``linear`` or ``cosine``.
+        min_lr_ratio: the floor, as a fraction of the peak learning rate.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        warmup_steps: int = 0,
+        total_steps: int | None = None,
+        decay: str = "constant",
+        min_lr_ratio: float = 0.0,
+        last_epoch: int = -1,
+    ) -> None:
+        from moslim_pl.errors import MoslimError
+
+        if decay not in DECAYS:
+            raise MoslimError(f"WarmupDecayLR: unknown decay {decay!r}; expected one of {', '.join(DECAYS)}")
+        if decay != "constant" and (total_steps is None or total_steps <= warmup_steps):
+            raise MoslimError(
+                f"WarmupDecayLR: decay {decay!r} needs total_steps > warmup_steps, got {total_steps}, {warmup_steps}"
+            )
+        if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
+            raise MoslimError(
+                f"WarmupDecayLR: need warmup_steps >= 0 and 0 <= min_lr_ratio <= 1, got {warmup_steps}, {min_lr_ratio}"
+            )
+        self.warmup_steps, self.total_steps, self.decay, self.min_lr_ratio = (
+            int(warmup_steps),
+            total_steps,
+            decay,
+            float(min_lr_ratio),
+        )
+        super().__init__(optimizer, self.factor, last_epoch)
+
+    def factor(self, step: int) -> float:
+        """The learning rate at optimizer step ``step``, as a fraction of the peak."""
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        if self.decay == "constant":
+            return 1.0
+        progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
+        shape = 1.0 - progress if self.decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * shape
+
+
+def grad_norm(parameters: Iterable[nn.Parameter]) -> Tensor | None:
+    """The L2 norm over every gradient (this rank's shards under FSDP2), in float32; ``None`` without any."""
+    norms = []
+    for param in parameters:
+        grad = param.grad
+        if grad is None:
+            continue
+        if hasattr(grad, "to_local"):  # a DTensor: the local shard, no collective
+            grad = grad.to_local()
+        norms.append(torch.linalg.vector_norm(grad.detach().float()))
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else None
+
+
+def log_optimizer_step(module: Any, optimizer: torch.optim.Optimizer) -> None:
+    """Log ``train/lr`` (the first parameter group's rate) and ``train/grad_norm`` (before clipping).
+
+    Reads the gradients only: the step's math and the RNG are untouched.
+    """
+    module.log("train/lr", float(optimizer.param_groups[0]["lr"]), on_step=True, on_epoch=False)
+    norm = grad_norm(p for group in optimizer.param_groups for p in group["params"])
+    if norm is not None:
+        module.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+
+
+class OptimizerLogging:
+    """LightningModule mixin: ``train/lr`` and ``train/grad_norm`` at every optimizer step of automatic
+    optimization (Lightning calls the hook before it clips). The RL stages log them themselves."""
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.automatic_optimization:
+            log_optimizer_step(self, optimizer)

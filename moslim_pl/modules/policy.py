@@ -39,7 +39,7 @@ from moslim_pl.models.io import save_pretrained_atomic
 from moslim_pl.models.lora import LoRAConfig, apply_lora, is_lora, merged_copy, reference_mode
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.models.sharding import is_sharded, shard_mesh, shard_model
-from moslim_pl.modules.optim import adamw_with_warmup
+from moslim_pl.modules.optim import adamw_with_warmup, log_optimizer_step
 from moslim_pl.rewards.mapping import AGGREGATIONS, MAPPINGS
 from moslim_pl.rollout import (
     RewardOutput,
@@ -413,6 +413,8 @@ class PolicyModule(LightningModule):
     def _clip_and_step(self, optimizer: Any, scheduler: Any) -> None:
         """Clip the gradients (the trainer's ``gradient_clip_val`` if set, else ``max_grad_norm``), take the
         optimizer step and advance the learning-rate schedule (when there is one)."""
+        if self._step_metrics_read:
+            log_optimizer_step(self, optimizer)  # lr and the gradient norm before clipping
         if self._clip is not None:
             self.clip_gradients(
                 optimizer, gradient_clip_val=self._clip[0], gradient_clip_algorithm=self._clip[1]

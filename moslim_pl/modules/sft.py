@@ -25,7 +25,7 @@ from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.models.card import CARD_FILE, policy_card, training_summary
 from moslim_pl.models.io import save_pretrained_atomic
 from moslim_pl.models.sharding import fsdp1_root, shard_mesh, shard_model
-from moslim_pl.modules.optim import adamw_with_warmup
+from moslim_pl.modules.optim import OptimizerLogging, adamw_with_warmup
 from moslim_pl.modules.precision import MetricEvalHooks
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def response_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return nll, (targets != IGNORE_LABEL).sum()
 
 
-class SFTModule(MetricEvalHooks, LightningModule):
+class SFTModule(OptimizerLogging, MetricEvalHooks, LightningModule):
     """Fine-tunes a causal LM on (prompt, response) pairs; logs ``train/loss``, ``val/loss``, ``val/ppl``.
 
     The losses are means over response tokens (every token weighs the same, whatever its row's length).

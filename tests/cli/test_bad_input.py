@@ -339,6 +339,38 @@ CASES = {
         f"the reward model's heads ({HEADS}) do not match the data's dimensions (verbosity 0..5, "
         "formality 0..2): leave model.dimensions unset (a ckpt_path sets them to the checkpoint's)",
     ),
+    # Lightning's own knobs (docs/user_guide.md, "Lightning's own knobs")
+    "optimizer_with_own_head_rate": (
+        lambda ws: ws.rm_fit("--optimizer=torch.optim.SGD", "--model.init_args.head_learning_rate=0.1"),
+        "--optimizer replaces the stage's AdamW, which sets the heads' own learning rate "
+        "(head_learning_rate=0.1): unset --model.head_learning_rate or drop --optimizer",
+    ),
+    "lr_scheduler_with_warmup": (
+        lambda ws: ws.rm_fit("--lr_scheduler=torch.optim.lr_scheduler.ConstantLR"),
+        "--lr_scheduler replaces the stage's warm-up (warmup_steps=20): set --model.warmup_steps 0 and the "
+        "warm-up in the scheduler (moslim_pl.modules.optim.WarmupDecayLR --lr_scheduler.warmup_steps N)",
+    ),
+    "warmup_decay_without_total_steps": (
+        lambda ws: ws.rm_fit(
+            "--model.init_args.warmup_steps=0",
+            "--lr_scheduler=moslim_pl.modules.optim.WarmupDecayLR",
+            "--lr_scheduler.decay=cosine",
+        ),
+        "WarmupDecayLR: decay 'cosine' needs total_steps > warmup_steps, got None, 0",
+    ),
+    "accumulate_with_several_updates": (
+        lambda ws: [
+            "fit",
+            *ws.predict("--trainer.accumulate_grad_batches=2", "--model.init_args.updates_per_rollout=2")[1:],
+        ],
+        "accumulate_grad_batches=2 needs updates_per_rollout=1 (got 2): each rollout's later updates need "
+        "the step before them",
+    ),
+    "nested_help_of_a_plain_value": (
+        lambda ws: ["fit", "--config", RM_CONFIG, "--model.learning_rate.help"],
+        "--model.learning_rate.help: learning_rate of RewardModelModule is a plain value (<class 'float'>); "
+        "see moslim-pl fit --model.help RewardModelModule",
+    ),
 }
 
 # Errors of the config's syntax come from jsonargparse; moslim_pl.cli.OneLineErrorParser prints them as one line.
