@@ -36,3 +36,19 @@ def test_config_parses(config: Path, capsys):
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"].startswith("moslim_pl.")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["reward_model/helpsteer-minilm.yaml", "reward_model/helpsteer_pku_mix.yaml", "policy/rloo_smollm2.yaml"],
+)
+def test_helpsteer_defaults_ask_for_a_good_answer_of_middle_length(name: str):
+    """A bare prompt targets high quality and middle complexity and verbosity (docs/user_guide.md)."""
+    from moslim_pl.schema import Dimension, default_targets
+
+    content = yaml.safe_load((ROOT / "configs" / name).read_text())
+    dims = [Dimension(**d) for d in content["data"]["init_args"]["dimensions"]]
+    expected = {"helpfulness": 4, "correctness": 4, "coherence": 4, "complexity": 2, "verbosity": 2}
+    if any(d.name == "harmlessness" for d in dims):
+        expected["harmlessness"] = 3
+    assert default_targets(dims) == expected
