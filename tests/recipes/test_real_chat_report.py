@@ -1,0 +1,63 @@
+"""recipes/real_chat/evaluate.py's report on hand-made sweeps: the JSON format, the PNGs, the examples."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from moslim_pl.evaluation.text_sweep import SweepRecord
+
+SCRIPT = Path(__file__).resolve().parents[2] / "recipes" / "real_chat" / "evaluate.py"
+
+
+def _evaluate():
+    spec = importlib.util.spec_from_file_location("real_chat_evaluate", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _sweep(path: Path, words_per_level: dict[int, int]) -> None:
+    records = []
+    for dimension in ("verbosity", "complexity"):
+        for level, words in words_per_level.items():
+            for question in ("q1", "q2"):
+                response = " ".join(["word"] * words) + "."
+                records.append(
+                    SweepRecord(
+                        dimension, level, question, f"<{dimension} {level}> {question}", response, True,
+                        words=words, grade=float(words), relevance=0.5,
+                        rm_levels={"verbosity": float(words), "complexity": 1.0},
+                    ).to_dict()
+                )  # fmt: skip
+    path.write_text(json.dumps({"policy": "p", "questions": 2, "seconds": 1.0, "records": records}))
+
+
+def test_report_writes_the_documented_json_pngs_and_examples(tmp_path: Path, monkeypatch) -> None:
+    _sweep(tmp_path / "start.json", {0: 5, 1: 5, 2: 5})  # ignores the prefix
+    _sweep(tmp_path / "trained.json", {0: 2, 1: 6, 2: 9})  # follows it
+    argv = ["evaluate.py", "report", "--start", str(tmp_path / "start.json"), "--trained"]
+    argv += [str(tmp_path / "trained.json"), "--out", str(tmp_path), "--minutes", "3.5"]
+    monkeypatch.setattr(sys, "argv", argv)
+    _evaluate().main()
+    result = json.loads((tmp_path / "real_chat.json").read_text())
+    assert result["eval_prompts"] == 2 and result["minutes"] == 3.5
+    for name in ("start", "trained"):
+        assert set(result[name]) == {"spearman", "empty_rate", "no_eos_rate", "distinct2", "relevance"}
+        assert set(result[name]["spearman"]) == {
+            "verbosity_words", "complexity_grade", "rm/verbosity", "rm/complexity"
+        }  # fmt: skip
+    assert result["start"]["spearman"]["verbosity_words"] == 0.0  # constant: no ordering
+    assert result["trained"]["spearman"]["verbosity_words"] == pytest.approx(1.0)
+    assert result["trained"]["relevance"] == pytest.approx(0.5)
+    pngs = sorted(p.name for p in tmp_path.glob("real_chat_*.png"))
+    assert pngs == [
+        "real_chat_complexity_grade.png", "real_chat_rm_complexity.png",
+        "real_chat_rm_verbosity.png", "real_chat_verbosity_words.png",
+    ]  # fmt: skip
+    examples = (tmp_path / "examples.md").read_text()
+    assert "## verbosity" in examples and "| 2 |" in examples and "*(9 words)*" in examples
