@@ -143,10 +143,16 @@ class PreferenceDataModule(SamplerStateMixin, LightningDataModule):
     Args:
         tokenizer: tokenizer name or path, given to ``moslim_pl.models.backbone.load_tokenizer``;
             ``None`` takes the LightningModule's (``tokenizer_name``), so the RM's own tokenizer is used.
-        source: the training rows; defaults to the embedded synthetic world.
+        source: the training rows; defaults to the embedded synthetic world. A source is a
+            ``{path, name, data_dir, data_files, split, revision, max_rows, schema, schema_options}``
+            mapping (``load_dataset``'s arguments). Without ``schema`` the row kind is detected from the
+            columns (pointwise, pairwise, TRL's standard and conversational formats); ``schema`` reads a
+            public dataset's own columns: ``helpsteer``, ``helpsteer2``, ``ultrafeedback``,
+            ``pku_saferlhf`` or ``hh_rlhf`` (``schema_options: {dimension: harmlessness}`` picks the head
+            its pairs train). docs/user_guide.md, "Dataset schemas".
         sources: several training sources mixed into one reward model (instead of ``source``); their
             rows are concatenated before the prompt-disjoint split, and a row's labels for dimensions
-            its source lacks are missing (ignored by those heads).
+            its source lacks are missing (ignored by those heads). Pointwise and pairwise sources mix.
         dimensions: the heads; defaults to the union of the sources' own dimensions (the synthetic
             world's, or those each dataset ``schema`` declares; see ``moslim_pl.data.schemas``).
         val_source: validation rows; without it validation is a prompt-disjoint split of ``source``.

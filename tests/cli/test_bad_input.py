@@ -219,8 +219,22 @@ CASES = {
         lambda ws: ws.rm_rows(
             "r9.jsonl", *({"prompt": f"q{i}", "response": "a", "verbosity": None} for i in range(4))
         ),
-        "json:{w}/r9.jsonl: dimension 'verbosity' has no label in the training rows "
-        "(column 'verbosity' missing or empty)",
+        "json:{w}/r9.jsonl: dimension 'verbosity' has no label and no pair in the training rows "
+        "(column 'verbosity' missing or empty, and no pair judged on it)",
+    ),
+    "pair_missing_side": (
+        lambda ws: ws.rm_rows(
+            "r11.jsonl", {"prompt": "q", "chosen": "a"}, {"prompt": "q", "chosen": "a", "rejected": None}
+        ),
+        "json:{w}/r11.jsonl row 0, column 'rejected': missing",
+    ),
+    "pair_identical_sides": (
+        lambda ws: ws.rm_rows(
+            "r12.jsonl",
+            {"prompt": "q", "chosen": "a", "rejected": "b"},
+            {"prompt": "q", "chosen": "same", "rejected": "same"},
+        ),
+        "json:{w}/r12.jsonl row 1: 'chosen' and 'rejected' are identical",
     ),
     "unknown_pair_dimension": (
         lambda ws: ws.rm_rows(

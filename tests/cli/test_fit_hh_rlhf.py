@@ -73,3 +73,13 @@ def test_bad_pair_row_ends_with_one_line(tmp_path: Path, capsys) -> None:
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"moslim-pl: error: json:{bad} row 2, column 'rejected': missing"
+
+
+def test_schema_names_are_in_the_cli_help(capsys) -> None:
+    from moslim_pl.data.schemas import SCHEMAS
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--data.help", "moslim_pl.data.PreferenceDataModule"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in SCHEMAS:
+        assert f"``{name}``" in text, name
