@@ -38,7 +38,12 @@ def rows_of(records: list[dict], columns: Columns = Columns(pair_dimension="dime
 
 def test_standard_explicit_prompt_with_margin() -> None:
     (row,) = rows_of([{"prompt": "Sky?", "chosen": "Blue.", "rejected": "Green.", "margin": 2}], Columns())
-    assert (row.prompt, row.responses, row.pair_dim, row.margin) == ("Sky?", ("Blue.", "Green."), ALL_HEADS, 2.0)
+    assert (row.prompt, row.responses, row.pair_dim, row.margin) == (
+        "Sky?",
+        ("Blue.", "Green."),
+        ALL_HEADS,
+        2.0,
+    )
 
 
 def test_standard_implicit_prompt_is_the_shared_start() -> None:
@@ -71,7 +76,10 @@ def test_conversational_pointwise_row() -> None:
     ("record", "message"),
     [
         ({"prompt": "p", "chosen": "a", "rejected": None}, "src row 0, column 'rejected': missing"),
-        ({"prompt": "p", "chosen": "same", "rejected": "same"}, "src row 0: 'chosen' and 'rejected' are identical"),
+        (
+            {"prompt": "p", "chosen": "same", "rejected": "same"},
+            "src row 0: 'chosen' and 'rejected' are identical",
+        ),
         (
             {"prompt": "p", "chosen": "a", "rejected": "b", "dimension": "honesty"},
             "src row 0, column 'dimension': unknown dimension 'honesty' (known: helpfulness, harmlessness)",
@@ -90,7 +98,10 @@ def test_conversational_pointwise_row() -> None:
             {"prompt": [user("q")], "chosen": [user("x")], "rejected": "y"},
             "src row 0, column 'chosen': expected one assistant message after the prompt, got [user]",
         ),
-        ({"prompt": "p", "chosen": "a", "rejected": "b", "margin": "big"}, "column 'margin': margin 'big' is not"),
+        (
+            {"prompt": "p", "chosen": "a", "rejected": "b", "margin": "big"},
+            "column 'margin': margin 'big' is not",
+        ),
     ],
 )
 def test_bad_pair_rows_are_one_line_errors_naming_the_row(record: dict, message: str) -> None:
@@ -107,7 +118,9 @@ def test_plain_rendering_and_prefix_in_the_last_user_turn() -> None:
     assert render_plain(convo) == "System: Be brief.\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Sky?"
     prefixed = with_prefix(convo, lambda text: "<helpfulness 4> " + text)
     assert prefixed[1] == ("user", "Hi") and prefixed[-1] == ("user", "<helpfulness 4> Sky?")
-    assert split_implicit([user("Q"), assistant("A")], [user("Q"), assistant("B")], "r")[0] == (("user", "Q"),)
+    assert split_implicit([user("Q"), assistant("A")], [user("Q"), assistant("B")], "r")[0] == (
+        ("user", "Q"),
+    )
 
 
 def test_conversations_go_through_the_chat_template() -> None:
