@@ -7,6 +7,8 @@ from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from moslim_pl.callbacks.progress import progress
+
 log = logging.getLogger(__name__)
 
 
@@ -17,7 +19,8 @@ class ExportCallback(Callback):
     the modules' ``export`` methods write on rank 0 only.
 
     Before exporting it runs the end-of-fit re-estimation of any ``RewardStatsCallback`` (once per fit),
-    so the export carries the final statistics wherever the two callbacks sit in the list.
+    so the export carries the final statistics wherever the two callbacks sit in the list. A progress bar
+    (``export to <folder>``) shows the two steps unless the trainer's progress bar is disabled.
 
     Args:
         dirpath: the export folder; ``None`` puts it at ``<trainer.log_dir>/export``.
@@ -34,11 +37,15 @@ class ExportCallback(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         from moslim_pl.callbacks.stats import RewardStatsCallback
 
-        for callback in trainer.callbacks:
-            if isinstance(callback, RewardStatsCallback):
-                callback.finalize(trainer, pl_module)
+        stats = [callback for callback in trainer.callbacks if isinstance(callback, RewardStatsCallback)]
         folder = self.resolve_dirpath(trainer)
-        pl_module.export(folder)
+        # one step per statistics pass (each shows its own bar), one for the export itself
+        with progress(trainer, len(stats) + 1, f"export to {folder}") as advance:
+            for callback in stats:
+                callback.finalize(trainer, pl_module)
+                advance(1)
+            pl_module.export(folder)
+            advance(1)
         if trainer.is_global_zero:
             log.info("exported %s to %s", type(pl_module).__name__, folder)
         trainer.strategy.barrier("moslim_export")

@@ -18,10 +18,18 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from moslim_pl.callbacks.progress import progress
 from moslim_pl.data.types import RewardBatch
 from moslim_pl.rewards.stats import StatSums, add_sums, ema_update, probability_sums
 
 log = logging.getLogger(__name__)
+
+
+def _length(loader: Any) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # an iterable dataset
+        return None
 
 
 class RewardStatsCallback(Callback):
@@ -32,6 +40,8 @@ class RewardStatsCallback(Callback):
         reestimate_at_end: at the end of fit, recompute the statistics over the training set with the
             final weights (and re-save the ``last`` checkpoint so it carries them).
         reestimate_max_batches: cap on the batches used by the re-estimation (``None``: all).
+
+    The re-estimation shows a progress bar (``reward statistics``) unless the trainer's is disabled.
     """
 
     def __init__(
@@ -99,19 +109,24 @@ class RewardStatsCallback(Callback):
         # Starts at zero rows (not None) so that every rank takes part in the all-reduce below.
         total = StatSums(zeros, zeros.clone(), zeros.new_zeros(()))
         skipped = 0
-        for i, batch in enumerate(trainer.train_dataloader):
-            if self.reestimate_max_batches is not None and i >= self.reestimate_max_batches:
-                break
-            batch: RewardBatch = trainer.strategy.batch_to_device(batch)
-            # Through the strategy's wrapper (DDP, FSDP1), whose forward gathers a sharded root; the
-            # module's forward gives logits whose padded levels softmax to exactly 0.
-            logits = trainer.strategy.model(batch.input_ids, batch.attention_mask)
-            probs = logits.float().softmax(-1)
-            sums = probability_sums(probs)
-            if not (torch.isfinite(sums.total).all() and torch.isfinite(sums.total_sq).all()):
-                skipped += 1
-                continue
-            total = add_sums(total, sums)
+        total_batches = _length(trainer.train_dataloader)
+        if self.reestimate_max_batches is not None:
+            total_batches = min(total_batches or self.reestimate_max_batches, self.reestimate_max_batches)
+        with progress(trainer, total_batches, "reward statistics") as advance:
+            for i, batch in enumerate(trainer.train_dataloader):
+                if self.reestimate_max_batches is not None and i >= self.reestimate_max_batches:
+                    break
+                advance(1)
+                batch: RewardBatch = trainer.strategy.batch_to_device(batch)
+                # Through the strategy's wrapper (DDP, FSDP1), whose forward gathers a sharded root; the
+                # module's forward gives logits whose padded levels softmax to exactly 0.
+                logits = trainer.strategy.model(batch.input_ids, batch.attention_mask)
+                probs = logits.float().softmax(-1)
+                sums = probability_sums(probs)
+                if not (torch.isfinite(sums.total).all() and torch.isfinite(sums.total_sq).all()):
+                    skipped += 1
+                    continue
+                total = add_sums(total, sums)
         pl_module.train(was_training)
         if skipped:
             log.warning("%d batch(es) with non-finite probabilities left out of the re-estimation", skipped)

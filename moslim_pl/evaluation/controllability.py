@@ -54,6 +54,7 @@ def sweep_records(
     generate: Generate,
     rm_levels: Score,
     oracle: Oracle | None = None,
+    advance: Callable[[int], None] | None = None,
 ) -> Tensor:
     """Answer every prompt under every single-dimension prefix; one record per answer.
 
@@ -64,6 +65,7 @@ def sweep_records(
         rm_levels: (prompts with prefix, responses) -> [N, K] expected level of every head, in levels
             (``Dimension.min_level`` based), e.g. from ``MultiHeadRewardModel.score(...).probs``.
         oracle: (prompt, response) -> {name: level}; ``None`` when the data has no oracle.
+        advance: called with ``len(prompts)`` after each level (a progress bar's ``update``).
 
     Returns:
         ``[M, 4]`` float64 records ``(dimension index, requested level, RM level, oracle level or NaN)``,
@@ -84,6 +86,8 @@ def sweep_records(
             )
             fixed = torch.tensor([k, level], dtype=torch.float64).expand(len(prompts), 2)
             records.append(torch.cat([fixed, achieved_rm[:, None], achieved_oracle[:, None]], dim=1))
+            if advance is not None:
+                advance(len(prompts))
     return torch.cat(records) if records else torch.zeros(0, 4, dtype=torch.float64)
 
 
@@ -186,7 +190,7 @@ def report(module: Any, records: Tensor, tag: str, name: str) -> dict[str, dict]
     """Gather a LightningModule's sweep records from every rank, summarize, log and write them.
 
     Logs ``<tag>/spearman_oracle/<dim>`` and ``<tag>/spearman_rm/<dim>`` through ``module.log``, a
-    TensorBoard figure ``<tag>/controllability``, and writes ``<name>.json`` / ``<name>.png`` into the
+    figure ``<tag>/controllability`` to the loggers that take figures (``callbacks/media.py``), and writes ``<name>.json`` / ``<name>.png`` into the
     trainer's log dir (rank 0). ``records [M, 4]`` (:func:`sweep_records`) must have the same ``M`` on
     every rank (a distributed sampler pads the ranks evenly). Returns the table.
     """
@@ -203,14 +207,13 @@ def report(module: Any, records: Tensor, tag: str, name: str) -> dict[str, dict]
     if trainer.is_global_zero:
         json_path, _ = write(table, out_dir, name)
         log.info("controllability (%s):\n%s\nwrote %s", tag, format_table(table), json_path)
+        from moslim_pl.callbacks import media
         from moslim_pl.evaluation.plots import plt
 
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):
-                figure = plot(table)
-                experiment.add_figure(f"{tag}/controllability", figure, trainer.global_step)
-                plt.close(figure)
+        if trainer.loggers:
+            figure = plot(table)
+            media.log_figure(trainer.loggers, f"{tag}/controllability", figure, trainer.global_step)
+            plt.close(figure)
     return table
 
 

@@ -122,7 +122,13 @@ def log_optimizer_step(module: Any, optimizer: torch.optim.Optimizer) -> None:
 
 class OptimizerLogging:
     """LightningModule mixin: ``train/lr`` and ``train/grad_norm`` at every optimizer step of automatic
-    optimization (Lightning calls the hook before it clips). The RL stages log them themselves."""
+    optimization (Lightning calls the hook before it clips), and ``train/tokens_per_s`` and
+    ``train/samples_per_s`` (a ``ThroughputCallback``). The RL stages log them themselves."""
+
+    def configure_callbacks(self) -> list[Any]:
+        from moslim_pl.callbacks.throughput import ThroughputCallback
+
+        return [ThroughputCallback()]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.automatic_optimization:

@@ -24,11 +24,13 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import Tensor, nn
 
+from moslim_pl.callbacks import media
 from moslim_pl.callbacks.predictions import PredictionWriter
+from moslim_pl.callbacks.progress import progress
+from moslim_pl.callbacks.throughput import ThroughputCallback
 from moslim_pl.data.sources import as_dataclass
 from moslim_pl.errors import MoslimError
 from moslim_pl.evaluation import controllability
@@ -52,7 +54,7 @@ from moslim_pl.rollout import (
 
 log = logging.getLogger(__name__)
 
-_SAMPLE_ROWS = 8  # rows of the text table logged to TensorBoard
+_SAMPLE_ROWS = 8  # rows of the text table logged (callbacks/media.py)
 ADAPTER_FOLDER = "adapter"  # a LoRA policy's PEFT adapter, inside its export
 
 
@@ -117,6 +119,7 @@ class PolicyModule(LightningModule):
             )
         self._val_totals: Tensor | None = None
         self.rollout_tokens = 0
+        self.rollout_samples = 0  # sequences of those rollouts (ThroughputCallback reads both)
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy`` (``configs/trainer/fsdp2.yaml``) shard every model with FSDP2.
@@ -204,6 +207,7 @@ class PolicyModule(LightningModule):
         )
         if self.training:  # tokens through the policy in training rollouts (ComputeCallback reads it)
             self.rollout_tokens += int(rollout.attention_mask.sum())
+            self.rollout_samples += len(rollout.responses)
         return rollout
 
     def _score(self, prompts: list[str], rollout: Rollout) -> RewardOutput:
@@ -260,14 +264,17 @@ class PolicyModule(LightningModule):
     def _log_samples(self, prompts: list[str], rollout: Rollout, reward: Tensor) -> None:
         if self.global_rank != 0:
             return
-        rows = ["| prompt | response | reward |", "|---|---|---|"]
-        for i in range(min(len(rollout.responses), _SAMPLE_ROWS)):
-            prompt = prompts[int(rollout.prompt_index[i])]
-            response = rollout.responses[i]
-            rows.append(f"| {_markdown_cell(prompt)} | {_markdown_cell(response)} | {float(reward[i]):.3f} |")
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_text("rollout/samples", "\n".join(rows), self.global_step)
+        rows = [
+            [
+                _markdown_cell(prompts[int(rollout.prompt_index[i])]),
+                _markdown_cell(rollout.responses[i]),
+                f"{float(reward[i]):.3f}",
+            ]
+            for i in range(min(len(rollout.responses), _SAMPLE_ROWS))
+        ]
+        media.log_table(
+            self.loggers, "rollout/samples", ["prompt", "response", "reward"], rows, self.global_step
+        )
 
     def on_validation_epoch_start(self) -> None:
         # reward sum, row count, then hits and requested rows per head
@@ -314,9 +321,11 @@ class PolicyModule(LightningModule):
 
     def sweep_records(self, prompts: Sequence[str], oracle: controllability.Oracle | None = None) -> Tensor:
         """The controllability sweep's ``[M, 4]`` records for prompts without prefix (see ``evaluation``)."""
-        return controllability.sweep_records(
-            self.rm.dimensions, list(prompts), self._answer, self._rm_levels, oracle
-        )
+        total = len(prompts) * sum(d.max_level - d.min_level + 1 for d in self.rm.dimensions)
+        with progress(self._trainer, total, "controllability sweep") as advance:
+            return controllability.sweep_records(
+                self.rm.dimensions, list(prompts), self._answer, self._rm_levels, oracle, advance
+            )
 
     def _datamodule_oracle(self) -> controllability.Oracle | None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -340,11 +349,13 @@ class PolicyModule(LightningModule):
         when the trainer has no prediction writer of its own (a training config need not list one).
 
         When fitting, the trainer's ``accumulate_grad_batches`` and ``gradient_clip_val`` are taken over
-        here (:meth:`_take_over_trainer_knobs`): this is the one hook Lightning runs before it checks them.
+        here (:meth:`_take_over_trainer_knobs`): this is the one hook Lightning runs before it checks them;
+        a :class:`ThroughputCallback` logs ``train/tokens_per_s`` and ``train/samples_per_s``.
         """
         trainer = self._trainer
         if trainer is not None and trainer.training:
             self._take_over_trainer_knobs()
+            return [ThroughputCallback()]
         if trainer is None or not trainer.predicting:
             return []
         if any(isinstance(callback, BasePredictionWriter) for callback in trainer.callbacks):

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, Metric, MetricCollection, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchmetrics.utilities import dim_zero_cat
 
+from moslim_pl.callbacks import media
 from moslim_pl.data.encoding import PairEncoding
 from moslim_pl.data.sources import as_dataclass
 from moslim_pl.data.types import IGNORE_LABEL, RewardBatch
@@ -287,13 +287,10 @@ class RewardModelModule(OptimizerLogging, MetricEvalHooks, LightningModule):
             self.val_rank_acc.reset()
         if self.trainer.sanity_checking or self.global_rank != 0:
             return
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                for dim, matrix in images:
-                    image = confusion_matrix_image(matrix, dim)
-                    logger.experiment.add_image(
-                        f"{stage}/confusion/{dim.name}", image, self.global_step, dataformats="HWC"
-                    )
+        if self.loggers:  # to the loggers that take images (callbacks/media.py)
+            for dim, matrix in images:
+                image = confusion_matrix_image(matrix, dim)
+                media.log_image(self.loggers, f"{stage}/confusion/{dim.name}", image, self.global_step)
 
     # ------------------------------------------------------------------ optimisation and export
     def configure_optimizers(self) -> dict[str, Any]:
