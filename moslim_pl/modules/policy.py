@@ -254,12 +254,28 @@ class PolicyModule(LightningModule):
         self.log("rollout/response_length", rollout.response_mask.sum(-1).float().mean(), batch_size=size)
         self.log("rollout/finished", rollout.finished.float().mean(), batch_size=size)
         requested = scores.requested >= 0
+        per_head = {}
         for k, name in enumerate(self.rm.names):
             if scores.mask[:, k].any():
-                self.log(f"reward/{name}", scores.components[scores.mask[:, k], k].mean(), batch_size=size)
+                per_head[f"reward/{name}"] = float(scores.components[scores.mask[:, k], k].mean())
             if requested[:, k].any():
-                hits = scores.hit[requested[:, k], k].float().mean()
-                self.log(f"rollout/hit_rate/{name}", hits, batch_size=size)
+                per_head[f"rollout/hit_rate/{name}"] = float(scores.hit[requested[:, k], k].float().mean())
+        self._log_present(per_head)
+
+    def _log_present(self, metrics: dict[str, float]) -> None:
+        """Write metrics that exist on some steps only (a head no prompt of the batch named has no reward)
+        straight to the loggers, on rank 0 at Lightning's logging steps. Through ``self.log`` Lightning
+        would write a key's last value again on every later step of the epoch, inventing a measurement."""
+        trainer = self._trainer
+        if trainer is None or not self.training:
+            for name, value in metrics.items():
+                self.log(name, value)
+            return
+        if not trainer._logger_connector.should_update_logs or not trainer.is_global_zero or not metrics:
+            return
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step Lightning logs scalars at
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
 
     def _log_samples(self, prompts: list[str], rollout: Rollout, reward: Tensor) -> None:
         if self.global_rank != 0:
