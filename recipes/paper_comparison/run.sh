@@ -29,7 +29,7 @@ if [[ -n ${SEEDS:-} ]]; then
   files=() grans=()
   for seed in $SEEDS; do
     echo "==== seed $seed"
-    SEEDS="" SEED=$seed "$0" "$out/seed_$seed"
+    SEEDS="" SEED=$seed "$root/recipes/paper_comparison/run.sh" "$out/seed_$seed"
     files+=("$out/seed_$seed/comparison.json") grans+=("$out/seed_$seed/granularity.json")
   done
   python -m moslim_pl.evaluation.seeds "${grans[@]}" --out "$out/granularity.json" > /dev/null
