@@ -154,9 +154,14 @@ def test_hh_rlhf_pairs_on_the_configured_dimension(dimension, head, caplog: pyte
     assert "skipped 1 item(s): chosen and rejected differ" in caplog.text
 
 
-def test_hh_rlhf_declares_no_dimension() -> None:
-    with pytest.raises(MoslimError, match="label no dimension"):
-        resolve_dimensions(None, _source("hh_rlhf", "hh_rlhf.jsonl"))
+def test_hh_rlhf_declares_the_dimension_its_pairs_train() -> None:
+    (dim,) = resolve_dimensions(None, _source("hh_rlhf", "hh_rlhf.jsonl"))
+    assert (dim.name, dim.low, dim.high) == ("helpfulness", 0, 4)
+    options = {"dimension": "harmlessness"}
+    (dim,) = resolve_dimensions(None, _source("hh_rlhf", "hh_rlhf.jsonl", schema_options=options))
+    assert dim.name == "harmlessness"
+    with pytest.raises(MoslimError, match="label no dimension"):  # every head judges: none declared
+        resolve_dimensions(None, _source("hh_rlhf", "hh_rlhf.jsonl", schema_options={"dimension": None}))
 
 
 # ------------------------------------------------------------------------------------------ errors
