@@ -27,11 +27,14 @@ import transformers
 import yaml
 from jsonargparse import ArgumentParser
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
+from moslim_pl.callbacks.progress import fix_epoch_display
 from moslim_pl.errors import MoslimError
 from moslim_pl.models.io import AtomicCheckpointIO
+
+log = logging.getLogger(__name__)
 
 _NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>")
 
@@ -73,9 +76,14 @@ class MoslimCLI(LightningCLI):
             **kwargs,
         )
 
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.epilog = names_epilog()
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Lightning's trainer, writing checkpoints atomically where it writes them as single files."""
+        """Lightning's trainer, writing checkpoints atomically where it writes them as single files, its
+        Rich progress bar reading ``Epoch N (max_steps M)`` on ``max_steps`` runs (not ``Epoch N/-2``)."""
         trainer = super().instantiate_trainer(**kwargs)
+        fix_epoch_display(trainer)
         strategy = trainer.strategy
         if type(strategy.checkpoint_io) is TorchCheckpointIO:  # not a user's own plugin
             strategy.checkpoint_io = AtomicCheckpointIO()
@@ -97,6 +105,9 @@ class MoslimCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand:
             check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+            argv = sys.argv[1:] if args is None else args
+            if subcommand == "fit" and isinstance(argv, (list, tuple)):  # the three matter when training
+                warn_lost_callbacks(argv, self.config[subcommand])
 
 
 _OWN_RATES = {
@@ -155,6 +166,87 @@ def install_optimizer(model: LightningModule, optimizer_init: Any | None, schedu
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     model.configure_optimizers = MethodType(configure_optimizers, model)
+
+
+def names_epilog() -> str:
+    """The names ``--help`` lists below the options (``docs/user_guide.md``, "Finding options"): dataset
+    schemas, reward mappings and aggregations, and the short class names LightningCLI resolves."""
+    import moslim_pl.callbacks as callbacks
+    import moslim_pl.data as data
+    import moslim_pl.modules as modules
+    from moslim_pl.data.schemas import SCHEMAS
+    from moslim_pl.rewards.mapping import AGGREGATIONS, MAPPINGS
+
+    def names(module: Any, base: type) -> str:
+        return ", ".join(n for n in module.__all__ if _is_subclass(getattr(module, n), base))
+
+    return (
+        f"Dataset schemas (--data.source.schema): {', '.join(sorted(SCHEMAS))}. "
+        f"Reward mappings (--model.mapping): {', '.join(MAPPINGS)}. "
+        f"Aggregations (--model.aggregation): {', '.join(AGGREGATIONS)}. "
+        f"Short class names: --model {names(modules, LightningModule)}; "
+        f"--data {names(data, LightningDataModule)}; "
+        f"--trainer.callbacks+= {names(callbacks, Callback)} (and Lightning's own). "
+        "A class's options: --model.help CLASS, --data.help CLASS, --trainer.callbacks.help CLASS."
+    )
+
+
+def _is_subclass(obj: Any, base: type) -> bool:
+    return inspect.isclass(obj) and issubclass(obj, base)
+
+
+# callbacks a config lists that a command-line override should not silently drop (docs/user_guide.md)
+_KEPT_CALLBACKS = {
+    "RNGStateCallback": "exact resume",
+    "NonFiniteGuard": "the NaN/inf step guard",
+    "ExportCallback": "the export",
+}
+
+
+def _short_name(entry: Any) -> str | None:
+    class_path = entry.get("class_path") if hasattr(entry, "get") else getattr(entry, "class_path", entry)
+    return str(class_path).rpartition(".")[2] if class_path else None
+
+
+def _config_callbacks(args: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The last ``--config`` file that lists ``trainer.callbacks``, and their short class names."""
+    found: tuple[str | None, list[str]] = (None, [])
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        try:
+            config = yaml.safe_load(Path(value).read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue  # jsonargparse reports unreadable configs itself
+        trainer = config.get("trainer") if isinstance(config, dict) else None
+        listed = trainer.get("callbacks") if isinstance(trainer, dict) else None
+        if isinstance(listed, list):
+            found = (value, [n for n in map(_short_name, listed) if n])
+    return found
+
+
+def warn_lost_callbacks(args: Sequence[str], config: Any) -> list[str]:
+    """Warn when the parsed ``trainer.callbacks`` lack an exact-resume, NaN-guard or export callback that
+    the config file lists (a command-line ``--trainer.callbacks [...]`` replaces the whole list; ``+=``
+    appends). Returns the lost class names."""
+    path, listed = _config_callbacks(args)
+    trainer = config.get("trainer") if hasattr(config, "get") else None
+    final = trainer.get("callbacks") if trainer is not None and hasattr(trainer, "get") else None
+    kept = {n for n in map(_short_name, final or []) if n}
+    lost = [name for name in _KEPT_CALLBACKS if name in listed and name not in kept]
+    if lost:
+        what = ", ".join(f"{name} ({_KEPT_CALLBACKS[name]})" for name in lost)
+        log.warning(
+            "the command line's trainer.callbacks dropped %s that %s lists: append with "
+            "--trainer.callbacks+=NAME instead of replacing the list, or list them again",
+            what,
+            path,
+        )
+    return lost
 
 
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc")
