@@ -1,4 +1,4 @@
-"""ControllabilityCallback: the controllability sweep every N training steps, into TensorBoard."""
+"""ControllabilityCallback: the controllability sweep every N training steps, into the loggers."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class ControllabilityCallback(Callback):
     """Sweep every dimension and level over held-out prompts every ``every_n_train_steps`` steps.
 
     Logs ``sweep/spearman_oracle/<dim>`` (where the data has an oracle) and ``sweep/spearman_rm/<dim>``,
-    a TensorBoard figure ``sweep/controllability`` (requested vs achieved level) and writes
+    a figure ``sweep/controllability`` (requested vs achieved level; callbacks/media.py) and writes
     ``<log_dir>/controllability_step<N>.{json,png}``. Needs a policy module (``RLOOModule``, ``PPOModule``,
     ``OnlineDPOModule``) and a ``PromptDataModule``, whose first ``num_prompts`` held-out prompts are
     used; under several ranks each answers its share of them.

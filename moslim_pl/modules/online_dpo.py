@@ -63,7 +63,7 @@ class OnlineDPOModule(PolicyModule):
         missing_eos_penalty: subtracted from the reward of responses cut at ``max_new_tokens`` before
             the pair is ranked.
         val_temperature: sampling temperature of validation (one response per prompt; 0 = greedy).
-        log_samples_every_n_steps: text samples to TensorBoard every this many steps (``None``: never).
+        log_samples_every_n_steps: text samples to the loggers every this many steps (``None``: never).
         rm_batch_size: pairs per RM forward pass.
         trust_remote_code: passed to ``from_pretrained`` for the policy.
         lora: train LoRA adapters instead of the whole policy; the reference is then the policy with
