@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from moslim_pl.data.messages import Prompt, as_dicts, last_user, render_plain_prompt
 from moslim_pl.errors import MoslimError
 from moslim_pl.models.sharding import any_rank, is_sharded
 from moslim_pl.prefix import parse_prefix
@@ -94,47 +95,87 @@ def resolve_chat_template(tokenizer: PreTrainedTokenizerBase, requested: bool | 
     return bool(requested)
 
 
-def _render(tokenizer: PreTrainedTokenizerBase, prompt: str, chat_template: bool) -> list[int]:
-    if not chat_template:
-        return tokenizer(prompt)["input_ids"]  # special tokens on: a BOS where the model expects one
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-    )
+def _render(tokenizer: PreTrainedTokenizerBase, prompt: Prompt, chat_template: bool) -> list[int]:
+    if isinstance(prompt, str):
+        if not chat_template:
+            return tokenizer(prompt)["input_ids"]  # special tokens on: a BOS where the model expects one
+        turns = [{"role": "user", "content": prompt}]
+    elif not chat_template:  # docs/user_guide.md, "Prompt data, SFT data and predict files"
+        return tokenizer(render_plain_prompt(prompt))["input_ids"]
+    else:
+        turns = as_dicts(prompt)  # system prompt and earlier turns included
+    text = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
     # The rendered template already holds its BOS and control tokens.
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _encode_prompt(
     tokenizer: PreTrainedTokenizerBase,
-    prompt: str,
+    prompt: Prompt,
     max_length: int,
     chat_template: bool,
     dimensions: Sequence[Dimension] | None,
 ) -> list[int]:
-    prefix, text = _split_prefix(prompt, dimensions)  # parsed even when it fits: malformed tags raise
+    if isinstance(prompt, str):
+        prefix, text = _split_prefix(prompt, dimensions)  # parsed even when it fits: malformed tags raise
+        ids = _render(tokenizer, prompt, chat_template)
+        if len(ids) <= max_length:
+            return ids
+        render_text = functools.partial(_render, tokenizer, chat_template=chat_template)
+        return _cut_text(tokenizer, prefix, text, ids, max_length, render_text)
+    i = last_user(prompt, "prompt")
+    role, content = prompt[i]
+    prefix, text = _split_prefix(content, dimensions)
     ids = _render(tokenizer, prompt, chat_template)
     if len(ids) <= max_length:
         return ids
+    # Too long: the earlier turns go first, oldest first (a leading system prompt stays), then the last
+    # user turn loses the start of its text as a text prompt does (docs/user_guide.md).
+    head = prompt[:1] if prompt[0][0] == "system" and i > 0 else ()
+    for start in range(len(head) + 1, i + 1):
+        if prompt[start][0] != "user":  # templates may insist that a conversation alternate from a user turn
+            continue
+        ids = _render(tokenizer, (*head, *prompt[start:]), chat_template)
+        if len(ids) <= max_length:
+            return ids
+    rest = prompt[i + 1 :]
+
+    def render(content: str) -> list[int]:
+        return _render(tokenizer, (*head, (role, content), *rest), chat_template)
+
+    return _cut_text(tokenizer, prefix, text, render(content), max_length, render)
+
+
+def _cut_text(
+    tokenizer: PreTrainedTokenizerBase,
+    prefix: str,
+    text: str,
+    ids: list[int],
+    max_length: int,
+    render: Callable[[str], list[int]],
+) -> list[int]:
+    """``render(prefix + the end of text)`` in at most ``max_length`` ids (``ids``: ``render(prefix + text)``,
+    too long): the start of ``text`` is cut."""
     text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     keep = len(text_ids) - (len(ids) - max_length)
     while keep > 0:
         # The prefix text is kept verbatim: decoding its tokens may not give it back (the word tokenizer
         # would turn "<a 1>" into "< a 1 >"). The kept end of the text is decoded and re-rendered.
         tail = tokenizer.decode(text_ids[-keep:])
-        ids = _render(tokenizer, prefix + tail.lstrip() if prefix else tail, chat_template)
+        ids = render(prefix + tail.lstrip() if prefix else tail)
         if len(ids) <= max_length:
             return ids
         # Re-tokenizing the joined text can differ from the parts by a token: shrink until it fits.
         keep -= len(ids) - max_length
     raise MoslimError(
         f"max_prompt_length={max_length} cannot hold the prefix {prefix.strip()!r} and the template of "
-        f"prompt {prompt[:60]!r}: raise max_prompt_length"
+        f"prompt {(prefix + text)[:60]!r}: raise max_prompt_length"
     )
 
 
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     max_prompt_length: int,
     chat_template: bool = False,
     dimensions: Sequence[Dimension] | None = None,
@@ -143,8 +184,11 @@ def encode_prompts(
 
     With ``chat_template`` each prompt is the user turn of the tokenizer's template, followed by the
     generation prompt; without, the tokenizer's own special tokens are added (e.g. Llama's BOS).
-    A prompt longer than ``max_prompt_length`` keeps its ``<name level>`` prefix and the END of its text
-    (where the question usually is); the text right after the prefix is cut. ``dimensions`` parses the
+    A conversation (:data:`moslim_pl.data.messages.Messages`) is rendered whole by the template, or
+    without one as ``render_plain_prompt`` text. A prompt longer than ``max_prompt_length`` keeps its
+    ``<name level>`` prefix and the END of its text (where the question usually is); the text right after
+    the prefix is cut. A conversation's prefix is read in its last user turn; over the budget it first
+    loses its earlier turns (oldest first, a leading system prompt kept), then the start of that turn. ``dimensions`` parses the
     prefix with the schema (malformed tags raise ``PrefixError``); without it, leading well-formed
     ``<word integer>`` tags count as the prefix.
 

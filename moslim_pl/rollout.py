@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from moslim_pl.data.messages import Prompt, parse_prompt_prefix
 from moslim_pl.errors import MoslimError
 from moslim_pl.generation import (  # noqa: F401  (re-exported: one import for a whole RL step)
     PromptBatch,
@@ -34,7 +35,6 @@ from moslim_pl.generation import (  # noqa: F401  (re-exported: one import for a
     positions_from_mask,
 )
 from moslim_pl.models.reward_model import MultiHeadRewardModel
-from moslim_pl.prefix import parse_prefix
 from moslim_pl.rewards.mapping import resolve_targets
 
 KL_KINDS = ("k1", "k3")
@@ -193,7 +193,7 @@ def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, response_mask: Tensor, k
 
 def score_responses(
     rm: MultiHeadRewardModel,
-    prompts: Sequence[str],
+    prompts: Sequence[Prompt],
     responses: Sequence[str],
     *,
     mapping: str = "gaussian",
@@ -208,7 +208,9 @@ def score_responses(
     ``prompts`` must be the ORIGINAL prompt texts, prefix included, one per response (repeat them with
     ``Rollout.prompt_index``), never the policy's chat-templated text: the RM strips the prefix and
     re-tokenizes with its own tokenizer and encoding. A prompt without prefix gets the RM's default
-    targets. ``sigma_floor`` and ``z_clip`` guard the ``gaussian`` mapping and ``aggregation`` combines
+    targets. A conversation (``Messages``) carries its prefix in its last user turn; the RM reads it there,
+    strips it and encodes the conversation as it encodes conversational training rows. ``sigma_floor``
+    and ``z_clip`` guard the ``gaussian`` mapping and ``aggregation`` combines
     the named dimensions' terms (``MultiHeadRewardModel.score``).
 
     Returns:
@@ -225,7 +227,7 @@ def score_responses(
         aggregation=aggregation,
     )
     # rm.score resolves the same targets internally; they are recomputed to report them (cheap).
-    rows = [parse_prefix(prompt, rm.dimensions)[0] for prompt in prompts]
+    rows = [parse_prompt_prefix(prompt, rm.dimensions)[0] for prompt in prompts]
     requested = resolve_targets(rm.targets_tensor(rows), rm.default_targets_tensor().cpu())
     # clone(): score runs under inference_mode, and rewards feed the policy loss's autograd graph.
     reward, components, mask, probs = (t.clone() for t in out)

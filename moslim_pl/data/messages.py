@@ -11,18 +11,32 @@ A conversation is held as :data:`Messages`, a tuple of ``(role, content)`` pairs
   ``System:`` / ``Human:`` / ``Assistant:`` paragraph per message, joined by blank lines.
 
 A steering prefix (``<helpfulness 4> ...``) belongs at the start of the last user turn
-(:func:`with_prefix`, :func:`split_last_user`).
+(:func:`with_prefix`; :func:`add_prefix` and :func:`parse_prompt_prefix` write and read it on a
+:data:`Prompt`, text or conversation alike).
+
+The policy's prompts (docs/user_guide.md, "Prompt data, SFT data and predict files") are a
+:data:`Prompt`: text, or a conversation that ends with a user turn. A conversation travels through the
+DataLoader as its :data:`Messages` tuple; :func:`render_plain_prompt` is the policy's rendering without a
+chat template.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from moslim_pl.errors import MoslimError
+from moslim_pl.prefix import format_prefix, parse_prefix
+from moslim_pl.schema import Dimension
 
 Messages = tuple[tuple[str, str], ...]
 """``((role, content), ...)``: a conversation, oldest message first."""
+
+Prompt = str | Messages
+"""A policy prompt: text, or a conversation that ends with a user turn."""
+
+MESSAGES_COLUMN = "messages"
+"""TRL's column of whole conversations (its ``messages`` formats)."""
 
 ROLES = ("system", "user", "assistant")
 PLAIN_NAMES = {"system": "System", "user": "Human", "assistant": "Assistant"}
@@ -138,3 +152,90 @@ def split_implicit(chosen: Any, rejected: Any, where: str) -> tuple[str | Messag
     if not prompt:
         raise MoslimError(f"{where}: 'chosen' and 'rejected' share no prompt text (no 'prompt' column)")
     return prompt, chosen[n:].strip(), rejected[n:].strip()
+
+
+# --------------------------------------------------------------------------------- prompts of the policy
+
+
+def is_messages(value: Any) -> bool:
+    """Whether ``value`` is :data:`Messages` (a non-empty tuple of ``(role, content)`` string pairs)."""
+    return (
+        isinstance(value, tuple)
+        and bool(value)
+        and all(isinstance(m, tuple) and len(m) == 2 and all(isinstance(x, str) for x in m) for m in value)
+    )
+
+
+def add_prefix(targets: Mapping[str, int], prompt: Prompt) -> Prompt:
+    """``format_prefix`` on text; on a conversation, at the start of its last user turn."""
+    if isinstance(prompt, str):
+        return format_prefix(targets, prompt)
+    return with_prefix(prompt, lambda text: format_prefix(targets, text)) if targets else prompt
+
+
+def parse_prompt_prefix(prompt: Prompt, dimensions: Sequence[Dimension]) -> tuple[dict[str, int], Prompt]:
+    """``parse_prefix`` on text; on a conversation, on its last user turn: ``({name: level}, prompt
+    without the tags)``. Malformed tags raise ``PrefixError``."""
+    if isinstance(prompt, str):
+        return parse_prefix(prompt, dimensions)
+    i = last_user(prompt, "prompt")
+    targets, text = parse_prefix(prompt[i][1], dimensions)
+    return targets, (*prompt[:i], (prompt[i][0], text), *prompt[i + 1 :]) if targets else prompt
+
+
+def strip_prompt_prefix(prompt: Prompt, dimensions: Sequence[Dimension]) -> Prompt:
+    """The prompt without its tags (text, or a conversation whose last user turn loses them)."""
+    return parse_prompt_prefix(prompt, dimensions)[1]
+
+
+def prompt_cell(value: Any, where: str) -> Prompt:
+    """A prompt cell: text as it is, a conversation as :data:`Messages` that must end with a user turn.
+
+    Text is checked by the caller (its messages are the text cells' own); a bad conversation is a
+    one-line ``MoslimError`` at ``where``.
+    """
+    if not is_conversation(value):
+        return value
+    messages = to_messages(value, where)
+    if messages[-1][0] != "user":
+        raise MoslimError(f"{where}: the conversation must end with a user turn, not {messages[-1][0]}")
+    return messages
+
+
+def messages_prompt(value: Any, where: str) -> Messages:
+    """TRL's ``messages`` row read as a prompt: the conversation up to and including its last user turn
+    (a trailing assistant answer is dropped)."""
+    messages = to_messages(value, where)
+    return messages[: last_user(messages, where) + 1]
+
+
+def split_messages(value: Any, where: str) -> tuple[Messages, str]:
+    """TRL's ``messages`` row read as SFT data: ``(prompt, completion)`` split at the last assistant turn.
+
+    The row must end with that assistant turn, and the turn before it must be a user turn.
+    """
+    messages = to_messages(value, where)
+    if messages[-1][0] != "assistant":
+        raise MoslimError(f"{where}: the conversation must end with an assistant turn, not {messages[-1][0]}")
+    if len(messages) < 2 or messages[-2][0] != "user":
+        before = messages[-2][0] if len(messages) > 1 else "nothing"
+        raise MoslimError(f"{where}: the last assistant turn must follow a user turn, not {before}")
+    return messages[:-1], messages[-1][1]
+
+
+def render_plain_prompt(messages: Messages) -> str:
+    """The policy's text of a conversation without a chat template: :func:`render_plain`, and, after
+    HH-RLHF's layout, an ``Assistant:`` line for the model to answer on (as HH-RLHF's prompts end). A
+    single user turn is its content alone, exactly the standard format's prompt."""
+    text = render_plain(messages)
+    return text if len(messages) == 1 and messages[0][0] == "user" else f"{text}\n\nAssistant:"
+
+
+def prompt_json(prompt: Prompt) -> str | list[dict[str, str]]:
+    """A prompt as JSON writes it: text, or the ``[{"role", "content"}]`` list it was read from."""
+    return prompt if isinstance(prompt, str) else as_dicts(prompt)
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """A prompt as one readable text (logs, tables): text, or :func:`render_plain`."""
+    return prompt if isinstance(prompt, str) else render_plain(prompt)

@@ -1,4 +1,8 @@
-"""The policy's datamodule: prompts in, prompts with a sampled ``<name level>`` prefix out (``list[str]``).
+"""The policy's datamodule: prompts in, prompts with a sampled ``<name level>`` prefix out (``list[Prompt]``).
+
+A prompt is text, or a conversation (``moslim_pl.data.messages.Messages``: TRL's conversational
+prompt-only rows, or ``messages`` rows up to their last user turn) whose prefix goes at the start of its
+last user turn (docs/user_guide.md, "Prompt data, SFT data and predict files").
 
 Every training prompt gets a prefix from :class:`PrefixSampler`: with probability ``no_prefix_prob`` none
 (the reward model's default targets then apply), else a random non-empty subset of the dimensions, each
@@ -18,6 +22,16 @@ import datasets
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from moslim_pl.data.messages import (
+    MESSAGES_COLUMN,
+    Prompt,
+    add_prefix,
+    is_conversation,
+    messages_prompt,
+    parse_prompt_prefix,
+    prompt_cell,
+    strip_prompt_prefix,
+)
 from moslim_pl.data.preference import check_loader_args, prefetch_sources, split_by_prompt, take_sources
 from moslim_pl.data.prompt_file import read_prompt_file
 from moslim_pl.data.samplers import ResumableSampler, SamplerStateMixin
@@ -25,11 +39,12 @@ from moslim_pl.data.sources import (
     DataError,
     DataSource,
     SyntheticConfig,
+    check_text,
     load_source,
     resolve_dimensions,
 )
 from moslim_pl.errors import MoslimError
-from moslim_pl.prefix import PrefixError, format_prefix, parse_prefix, strip_prefix
+from moslim_pl.prefix import PrefixError
 from moslim_pl.schema import Dimension, check_dimensions, describe_dimensions
 
 log = logging.getLogger(__name__)
@@ -54,8 +69,28 @@ def read_texts(dataset: datasets.Dataset, column: str, description: str = "sourc
     return list(texts)
 
 
+def read_prompts(dataset: datasets.Dataset, column: str, description: str = "source") -> list[Prompt]:
+    """The prompts of ``column`` (text, or conversations ending with a user turn) or, without that column,
+    of TRL's ``messages`` column (each conversation up to its last user turn); a bad cell is a one-line
+    ``DataError`` naming the row and the column."""
+    if column not in dataset.column_names and MESSAGES_COLUMN in dataset.column_names:
+        read, column = messages_prompt, MESSAGES_COLUMN
+    elif column in dataset.column_names and not isinstance(dataset.features[column], datasets.Value):
+        read = prompt_cell  # a column of lists: conversations
+    else:
+        return read_texts(dataset, column, description)
+    prompts = []
+    for i, value in enumerate(dataset[column]):
+        where = f"{description} row {i}, column {column!r}"
+        try:
+            prompts.append(read(value, where) if is_conversation(value) else check_text(value, where))
+        except MoslimError as err:
+            raise DataError(str(err)) from None
+    return prompts
+
+
 class _Prompt(NamedTuple):
-    prompt: str  # what split_by_prompt reads
+    prompt: Prompt  # what split_by_prompt reads
 
 
 class PrefixSampler(ResumableSampler):
@@ -137,26 +172,28 @@ class PrefixSampler(ResumableSampler):
 class _PrefixedPrompts(Dataset):
     """Indexed by the sampler's ``(prompt_index, targets)``; returns the prompt with its prefix."""
 
-    def __init__(self, prompts: Sequence[str]) -> None:
+    def __init__(self, prompts: Sequence[Prompt]) -> None:
         self.prompts = list(prompts)
 
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def __getitem__(self, item: tuple[int, dict[str, int]]) -> str:
+    def __getitem__(self, item: tuple[int, dict[str, int]]) -> Prompt:
         index, targets = item
-        return format_prefix(targets, self.prompts[index])
+        return add_prefix(targets, self.prompts[index])
 
 
-def _collate(prompts: list[str]) -> list[str]:
+def _collate(prompts: list[Prompt]) -> list[Prompt]:
     return list(prompts)
 
 
 class PromptDataModule(SamplerStateMixin, LightningDataModule):
-    """Prompts for the policy, each batch a ``list[str]`` of prompts with their prefix already written.
+    """Prompts for the policy, each batch a ``list[Prompt]`` of prompts with their prefix already written
+    (a conversation's at the start of its last user turn).
 
     Args:
-        source: the prompts (a ``prompt_column`` of any ``DataSource``); defaults to the synthetic world's
+        source: the prompts (a ``prompt_column`` of any ``DataSource``, text or conversations, or TRL's
+            ``messages`` column when there is no ``prompt_column``); defaults to the synthetic world's
             prompts (``synthetic.num_prompts`` of them, seeded by ``synthetic.seed``). Repeated prompts
             (one per response in preference data) are kept once.
         val_source: validation prompts; without it validation is a prompt-disjoint split of ``source``.
@@ -176,7 +213,8 @@ class PromptDataModule(SamplerStateMixin, LightningDataModule):
         num_test_prompts: held-out prompts that ``moslim-pl test`` (the controllability sweep) answers
             under every single-dimension prefix; ``None``: all of them.
         predict_file: the prompts ``moslim-pl predict`` answers: a ``.txt`` file (one prompt per line) or
-            a ``.jsonl`` file of objects with ``prompt_column``; each prompt may start with a prefix.
+            a ``.jsonl`` file of objects with ``prompt_column`` (text or a conversation) or ``messages``;
+            each prompt may start with a prefix (a conversation's last user turn).
     """
 
     def __init__(
@@ -225,9 +263,9 @@ class PromptDataModule(SamplerStateMixin, LightningDataModule):
         self.trust_remote_code = trust_remote_code
         self.num_test_prompts = num_test_prompts
         self.predict_file = predict_file
-        self.predict_prompts: list[str] | None = None
-        self.train_prompts: list[str] | None = None
-        self.val_prompts: list[str] | None = None
+        self.predict_prompts: list[Prompt] | None = None
+        self.train_prompts: list[Prompt] | None = None
+        self.val_prompts: list[Prompt] | None = None
         self.sampler: PrefixSampler | None = None
         self._pending_state: dict[str, Any] | None = None
 
@@ -238,8 +276,9 @@ class PromptDataModule(SamplerStateMixin, LightningDataModule):
             return
         prefetch_sources((self.source, self.val_source), self.trust_remote_code)
 
-    def _read(self, source: DataSource) -> list[str]:
+    def _read(self, source: DataSource) -> list[Prompt]:
         description = source.describe()
+        name = self.prompt_column
         if source.is_synthetic:
             from moslim_pl.data.synthetic import generate_prompts
 
@@ -251,15 +290,18 @@ class PromptDataModule(SamplerStateMixin, LightningDataModule):
                 raise DataError(f"{description}: the source has no rows")
         else:
             dataset = load_source(source, self.synthetic, self.trust_remote_code)
-            prompts = read_texts(dataset, self.prompt_column, description)
+            prompts = read_prompts(dataset, self.prompt_column, description)
+            if self.prompt_column not in dataset.column_names:
+                name = MESSAGES_COLUMN
         for i, prompt in enumerate(prompts):
+            column = repr(name) if isinstance(prompt, str) else f"{name!r}, last user turn"
             try:
-                targets, _ = parse_prefix(prompt, self.dimensions)
+                targets, _ = parse_prompt_prefix(prompt, self.dimensions)
             except PrefixError as err:
-                raise DataError(f"{description} row {i}, column {self.prompt_column!r}: {err}") from None
+                raise DataError(f"{description} row {i}, column {column}: {err}") from None
             if targets:
                 raise DataError(
-                    f"{description} row {i}, column {self.prompt_column!r}: the prompt already starts with "
+                    f"{description} row {i}, column {column}: the prompt already starts with "
                     "a prefix; give prompts without one (the datamodule samples them)"
                 )
         unique = list(dict.fromkeys(prompts))
@@ -276,15 +318,15 @@ class PromptDataModule(SamplerStateMixin, LightningDataModule):
 
         return oracle
 
-    def _read_predict_file(self) -> list[str]:
+    def _read_predict_file(self) -> list[Prompt]:
         if self.predict_file is None:
             raise MoslimError("moslim-pl predict needs data.predict_file: a .txt or .jsonl file of prompts")
         return read_prompt_file(self.predict_file, self.prompt_column, self.dimensions)
 
-    def sweep_prompts(self) -> list[str]:
+    def sweep_prompts(self) -> list[Prompt]:
         """The first ``num_test_prompts`` held-out prompts, without prefix (never seen in training)."""
         self.setup("test")
-        prompts = [strip_prefix(p, self.dimensions) for p in self.val_prompts]
+        prompts = [strip_prompt_prefix(p, self.dimensions) for p in self.val_prompts]
         return prompts[: self.num_test_prompts]
 
     def _check_reward_model(self) -> None:
@@ -327,8 +369,7 @@ class PromptDataModule(SamplerStateMixin, LightningDataModule):
             self._pending_state = None
         # Fixed per validation prompt: every epoch evaluates the same requests.
         self.val_prompts = [
-            format_prefix(self.sampler.targets(f"val:{i}"), prompt)
-            for i, prompt in enumerate(self.val_prompts)
+            add_prefix(self.sampler.targets(f"val:{i}"), prompt) for i, prompt in enumerate(self.val_prompts)
         ]
         log.info("prompts: %d train, %d val", len(self.train_prompts), len(self.val_prompts))
 

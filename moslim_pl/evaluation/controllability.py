@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from moslim_pl.data.messages import add_prefix
 from moslim_pl.models.io import atomic_file
-from moslim_pl.prefix import format_prefix
 from moslim_pl.rewards.mapping import expected_level
 from moslim_pl.schema import Dimension
 
@@ -75,7 +75,7 @@ def sweep_records(
     records = []
     for k, dim in enumerate(dimensions):
         for level in range(dim.min_level, dim.max_level + 1):
-            prefixed = [format_prefix({dim.name: level}, prompt) for prompt in prompts]
+            prefixed = [add_prefix({dim.name: level}, prompt) for prompt in prompts]  # text or conversation
             responses = generate(prefixed)
             achieved_rm = rm_levels(prefixed, responses)[:, k].double().cpu()
             achieved_oracle = torch.tensor(

@@ -24,13 +24,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from moslim_pl.data.collate import right_pad
 from moslim_pl.data.encoding import PairEncoding
+from moslim_pl.data.messages import Prompt, parse_prompt_prefix
 from moslim_pl.errors import MoslimError
 from moslim_pl.models.backbone import is_encoder, load_backbone, load_tokenizer
 from moslim_pl.models.card import CARD_FILE, reward_model_card
 from moslim_pl.models.io import atomic_folder, refuse_sequence_classification
 from moslim_pl.models.lora import is_lora, merged_copy
 from moslim_pl.models.sharding import is_sharded
-from moslim_pl.prefix import parse_prefix
 from moslim_pl.schema import Dimension, check_dimensions, default_targets
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ class MultiHeadRewardModel(nn.Module):
     @torch.inference_mode()
     def score(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         responses: Sequence[str],
         targets: Sequence[Mapping[str, int]] | None = None,
         mapping: str = "gaussian",
@@ -217,7 +217,8 @@ class MultiHeadRewardModel(nn.Module):
         """Score (prompt, response) pairs; the prompts' ``<name level>`` prefixes are stripped first.
 
         Args:
-            prompts: N prompts, with or without prefix.
+            prompts: N prompts, with or without prefix: text, or conversations (``Messages``) whose last
+                user turn may start with the prefix.
             responses: N responses.
             targets: N rows of ``{name: level}``; default: each prompt's prefix. A row naming nothing
                 gets the default targets.
@@ -245,7 +246,9 @@ class MultiHeadRewardModel(nn.Module):
                 "z-scores with their placeholders (mean 1/levels, std 1); train the RM with "
                 "RewardStatsCallback, or use mapping expected_level (docs/concepts.md, section 3)"
             )
-        parsed = [parse_prefix(prompt, self._dimensions) for prompt in prompts]
+        # A conversation's prefix is in its last user turn; without it the conversation is encoded as the
+        # RM's conversational training rows are (PairEncoding, docs/user_guide.md "TRL formats").
+        parsed = [parse_prompt_prefix(prompt, self._dimensions) for prompt in prompts]
         rows = [levels for levels, _ in parsed] if targets is None else targets
         target_idx = resolve_targets(self.targets_tensor(rows), self.default_targets_tensor())
         encoded = [

@@ -31,6 +31,7 @@ from moslim_pl.callbacks import media
 from moslim_pl.callbacks.predictions import PredictionWriter
 from moslim_pl.callbacks.progress import progress
 from moslim_pl.callbacks.throughput import ThroughputCallback
+from moslim_pl.data.messages import Prompt, is_messages, prompt_json, prompt_text
 from moslim_pl.data.sources import as_dataclass
 from moslim_pl.errors import MoslimError
 from moslim_pl.evaluation import controllability
@@ -183,10 +184,12 @@ class PolicyModule(LightningModule):
                     )
         return logprobs.clone()  # an ordinary tensor: losses with grad may use it
 
-    def _prompts(self, batch: Sequence[str]) -> list[str]:
-        if not isinstance(batch, (list, tuple)) or not batch or not all(isinstance(p, str) for p in batch):
+    def _prompts(self, batch: Sequence[Prompt]) -> list[Prompt]:
+        """A batch's prompts: strings, or conversations as ``Messages`` (``moslim_pl.data.messages``)."""
+        valid = isinstance(batch, (list, tuple)) and batch
+        if not valid or not all(isinstance(p, str) or is_messages(p) for p in batch):
             raise MoslimError(
-                f"{type(self).__name__} expects non-empty lists of prompt strings as batches, "
+                f"{type(self).__name__} expects non-empty lists of prompts (strings or Messages) as batches, "
                 f"got {type(batch).__name__}"
             )
         return list(batch)
@@ -282,7 +285,7 @@ class PolicyModule(LightningModule):
             return
         rows = [
             [
-                _markdown_cell(prompts[int(rollout.prompt_index[i])]),
+                _markdown_cell(prompt_text(prompts[int(rollout.prompt_index[i])])),
                 _markdown_cell(rollout.responses[i]),
                 f"{float(reward[i]):.3f}",
             ]
@@ -389,7 +392,7 @@ class PolicyModule(LightningModule):
         return [
             {
                 "index": row["index"],
-                "prompt": row["prompt"],
+                "prompt": prompt_json(row["prompt"]),  # a conversation: its list of messages
                 "response": response,
                 "reward": float(scores.reward[i]),
                 "levels": {name: round(float(levels[i, k]), 3) for k, name in enumerate(self.rm.names)},
