@@ -4,6 +4,10 @@ A row becomes the prompt's ids exactly as the policy will later read it (``rollo
 without its left padding), then the response's ids and an end of sequence, so that RL starts from a
 model that knows where its answer begins and ends. The loss covers the response tokens only: the
 labels are ``IGNORE_LABEL`` on the prompt and on padding.
+
+Rows are ``prompt``/``response`` columns, TRL's prompt-completion rows (``prompt``/``completion``) or its
+``messages`` rows (split at the last assistant turn), standard or conversational (docs/user_guide.md,
+"Prompt data, SFT data and predict files").
 """
 
 from __future__ import annotations
@@ -14,14 +18,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, NamedTuple
 
+import datasets
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from moslim_pl.data.messages import (
+    MESSAGES_COLUMN,
+    Prompt,
+    add_prefix,
+    as_dicts,
+    assistant_text,
+    split_messages,
+)
 from moslim_pl.data.preference import check_loader_args, prefetch_sources, take_sources, train_val_rows
-from moslim_pl.data.prompts import read_texts
+from moslim_pl.data.prompts import read_prompts, read_texts
 from moslim_pl.data.sources import (
     DataError,
     DataSource,
@@ -32,14 +45,18 @@ from moslim_pl.data.sources import (
 )
 from moslim_pl.data.types import IGNORE_LABEL
 from moslim_pl.errors import MoslimError
-from moslim_pl.prefix import format_prefix
 from moslim_pl.schema import Dimension
 
 log = logging.getLogger(__name__)
 
 
+COMPLETION_COLUMN = "completion"
+"""TRL's prompt-completion column, read when there is no ``response_column``."""
+
+
 class SFTRow(NamedTuple):
-    prompt: str
+    prompt: Prompt
+    """Text, or a conversation (``Messages``) ending with a user turn."""
     response: str
     targets: dict[str, int] | None = None
     """RiC (``label_prefix``): the levels of the row's own labels, written as the prompt's prefix only
@@ -71,8 +88,9 @@ class SFTEncoding:
     Args:
         max_length: token budget of prompt plus response; a longer response loses its end (and its EOS).
         max_prompt_length: prompt budget, cut as ``rollout.encode_prompts`` cuts (prefix and end kept).
-        chat_template: the prompt is the user turn of the tokenizer's chat template plus its generation
-            prompt, the response the assistant turn up to the template's end-of-turn token.
+        chat_template: the prompt is the user turn (a conversation: all its messages) of the tokenizer's
+            chat template plus its generation prompt, the response the assistant turn up to the template's
+            end-of-turn token.
     """
 
     max_length: int = 256
@@ -86,14 +104,14 @@ class SFTEncoding:
             )
 
     def encode(
-        self, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], responses: Sequence[str]
+        self, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Prompt], responses: Sequence[str]
     ) -> list[SFTExample]:
         """Encode the pairs; each distinct prompt is tokenized once."""
         # lazy: rollout imports the reward model, which imports this package
         from moslim_pl.generation import encode_prompts
 
         distinct = list(dict.fromkeys(prompts))
-        prompt_ids: dict[str, list[int]] = {}
+        prompt_ids: dict[Prompt, list[int]] = {}
         for start in range(0, len(distinct), 1024):  # chunks bound the padded tensor's size
             chunk = distinct[start : start + 1024]
             batch = encode_prompts(tokenizer, chunk, self.max_prompt_length, self.chat_template)
@@ -106,14 +124,14 @@ class SFTEncoding:
             examples.append(SFTExample(ids + target, [IGNORE_LABEL] * len(ids) + target))
         return examples
 
-    def response_ids(self, tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> list[int]:
+    def response_ids(self, tokenizer: PreTrainedTokenizerBase, prompt: Prompt, response: str) -> list[int]:
         """The ids the model learns to generate after the prompt, ending with the tokenizer's EOS."""
         eos = tokenizer.eos_token_id
         if eos is None:
             raise MoslimError("SFT needs a tokenizer with an eos token: the policy must learn to stop")
         text = response
         if self.chat_template:
-            user = [{"role": "user", "content": prompt}]
+            user = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else as_dicts(prompt)
             head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
             full = tokenizer.apply_chat_template(
                 [*user, {"role": "assistant", "content": response}], tokenize=False
@@ -178,7 +196,36 @@ def label_targets(
 
 def _with_prefix(rows: Sequence[SFTRow]) -> list[SFTRow]:
     """RiC's rows with their label prefix written into the prompt; other rows as they are."""
-    return [r if r.targets is None else SFTRow(format_prefix(r.targets, r.prompt), r.response) for r in rows]
+    return [r if r.targets is None else SFTRow(add_prefix(r.targets, r.prompt), r.response) for r in rows]
+
+
+def _read_pairs(
+    dataset: datasets.Dataset, prompt_column: str, response_column: str, description: str
+) -> tuple[list[Prompt], list[str]]:
+    """Prompts and responses of the rows: ``prompt_column`` with ``response_column`` (or TRL's
+    ``completion``), or TRL's ``messages`` split at the last assistant turn; a bad cell is a one-line
+    ``DataError`` naming the row and the column."""
+    names = dataset.column_names
+    if prompt_column not in names and MESSAGES_COLUMN in names:
+        pairs = []
+        for i, value in enumerate(dataset[MESSAGES_COLUMN]):
+            try:
+                pairs.append(split_messages(value, f"{description} row {i}, column {MESSAGES_COLUMN!r}"))
+            except MoslimError as err:
+                raise DataError(str(err)) from None
+        return [p for p, _ in pairs], [r for _, r in pairs]
+    prompts = read_prompts(dataset, prompt_column, description)
+    if response_column not in names and COMPLETION_COLUMN in names:
+        response_column = COMPLETION_COLUMN
+    if response_column not in names or isinstance(dataset.features[response_column], datasets.Value):
+        return prompts, read_texts(dataset, response_column, description)
+    responses = []
+    for i, value in enumerate(dataset[response_column]):  # one assistant message each
+        try:
+            responses.append(assistant_text(value, f"{description} row {i}, column {response_column!r}"))
+        except MoslimError as err:
+            raise DataError(str(err)) from None
+    return prompts, responses
 
 
 class SFTDataModule(LightningDataModule):
@@ -188,6 +235,8 @@ class SFTDataModule(LightningDataModule):
         tokenizer: tokenizer name or path (``load_tokenizer``); ``None`` takes the LightningModule's
             (``tokenizer_name``), so the policy's own tokenizer is used.
         source: the training rows; defaults to the synthetic world (responses of every level, no prefix).
+            Columns ``prompt_column`` and ``response_column`` (or TRL's ``completion``), text or
+            conversations, or TRL's ``messages`` (the last assistant turn is the response).
         val_source: validation rows; without it validation is a prompt-disjoint split of ``source``.
         synthetic: size and seed of the synthetic world.
         prompt_column / response_column: the text columns.
@@ -297,8 +346,7 @@ class SFTDataModule(LightningDataModule):
     def _read(self, source: DataSource) -> list[SFTRow]:
         dataset = load_source(source, self.synthetic, self.trust_remote_code)
         description = source.describe()
-        prompts = read_texts(dataset, self.prompt_column, description)
-        responses = read_texts(dataset, self.response_column, description)
+        prompts, responses = _read_pairs(dataset, self.prompt_column, self.response_column, description)
         if self.label_prefix:
             for dim in self.dimensions:
                 if dim.source_column not in dataset.column_names:

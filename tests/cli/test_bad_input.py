@@ -180,6 +180,27 @@ CASES = {
         lambda ws: ws.predict(),
         "moslim-pl predict needs data.predict_file: a .txt or .jsonl file of prompts",
     ),
+    "predict_file_conversation_ends_with_assistant": (
+        lambda ws: ws.predict_file(
+            "c1.jsonl",
+            '{"prompt": [{"role": "user", "content": "rivers ?"}, {"role": "assistant", "content": "yes ."}]}\n',
+        ),
+        "predict_file '{w}/c1.jsonl' line 1, column 'prompt': the conversation must end with a user turn, "
+        "not assistant",
+    ),
+    "predict_file_messages_without_user_turn": (
+        lambda ws: ws.predict_file(
+            "c2.jsonl", '{"messages": [{"role": "system", "content": "be brief ."}]}\n'
+        ),
+        "predict_file '{w}/c2.jsonl' line 1, column 'messages': the conversation has no user turn",
+    ),
+    "predict_file_conversation_bad_prefix": (
+        lambda ws: ws.predict_file(
+            "c3.jsonl", '{"prompt": [{"role": "user", "content": "<formality 3> rivers ?"}]}\n'
+        ),
+        "predict_file '{w}/c3.jsonl' line 1, last user turn: bad prefix tag '<formality 3>' at position 0: "
+        "level 3 outside 0..2",
+    ),
     # ---- rows and columns
     "missing_prompt_column": (
         lambda ws: ws.rm_rows("r1.jsonl", {"question": "q", "response": "a", "verbosity": 1}),
