@@ -98,7 +98,13 @@ def assistant_text(value: Any, where: str) -> str:
     """A completion cell: text, or a conversation of exactly one assistant message (its content)."""
     if not is_conversation(value):
         if not isinstance(value, str) or not value.strip():
-            kind = "missing" if value is None else "empty text" if isinstance(value, str) else "not text"
+            kind = (
+                "missing"
+                if value is None
+                else "empty text"
+                if isinstance(value, str)
+                else f"not text ({type(value).__name__})"
+            )
             raise MoslimError(f"{where}: {kind}")
         return value
     messages = to_messages(value, where)
