@@ -80,7 +80,8 @@ def sweep(args: argparse.Namespace) -> None:
         levels = rm_expected_levels(probs, rm.dimensions)
         return [{name: float(row[k]) for k, name in enumerate(rm.names)} for row in levels]
 
-    records = sweep_answers(rm.dimensions, questions, answer)
+    dimensions = [d for d in rm.dimensions if not args.dimensions or d.name in args.dimensions]
+    records = sweep_answers(dimensions, questions, answer)
     measure(records, Relevance(), rm_levels)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -180,6 +181,7 @@ def main() -> None:
     one.add_argument("--questions", required=True, help="MT-Bench-style JSONL (first turn of `turns`)")
     one.add_argument("--out", required=True, help="the JSON file of answers and measurements")
     one.add_argument("--limit", type=int, default=None, help="first N questions only")
+    one.add_argument("--dimensions", nargs="*", default=None, help="sweep these heads only (default: all)")
     one.add_argument("--max-new-tokens", type=int, default=160, help="as the policy trained")
     one.add_argument("--max-prompt-length", type=int, default=128)
     one.add_argument("--batch-size", type=int, default=80)
