@@ -81,6 +81,19 @@ def test_conversational_prompts_drive_an_rloo_step(
         targets, bare = parse_prompt_prefix(prompt, DIMENSIONS)
         assert targets, prompt  # every prompt got a prefix, at the start of its last user turn
         assert prompt[:3] == bare[:3] and bare[3][1] in [*questions, "explain clouds ."]
+    # the controllability sweep (moslim-pl test) asks every level in the held-out conversation's last user turn
+    scored.clear()
+    rm_score = module.rm.score
+
+    def spy_rm(prompts, responses, **kwargs):
+        scored.extend(prompts)
+        return rm_score(prompts, responses, **kwargs)
+
+    monkeypatch.setattr(module.rm, "score", spy_rm)
+    trainer.test(module, datamodule=data)
+    assert list(tmp_path.rglob("controllability.json"))
+    assert len(scored) == sum(d.max_level - d.min_level + 1 for d in DIMENSIONS)
+    assert all(len(parse_prompt_prefix(p, DIMENSIONS)[0]) == 1 and p[:3] == scored[0][:3] for p in scored)
 
 
 def test_predict_answers_a_conversational_file(
