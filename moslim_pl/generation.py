@@ -188,9 +188,9 @@ def encode_prompts(
     without one as ``render_plain_prompt`` text. A prompt longer than ``max_prompt_length`` keeps its
     ``<name level>`` prefix and the END of its text (where the question usually is); the text right after
     the prefix is cut. A conversation's prefix is read in its last user turn; over the budget it first
-    loses its earlier turns (oldest first, a leading system prompt kept), then the start of that turn. ``dimensions`` parses the
-    prefix with the schema (malformed tags raise ``PrefixError``); without it, leading well-formed
-    ``<word integer>`` tags count as the prefix.
+    loses its earlier turns (oldest first, a leading system prompt kept), then the start of that turn.
+    ``dimensions`` parses the prefix with the schema (malformed tags raise ``PrefixError``); without it,
+    leading well-formed ``<word integer>`` tags count as the prefix.
 
     Returns:
         :class:`PromptBatch` with ``input_ids [B, P]`` and ``attention_mask [B, P]`` on the CPU,

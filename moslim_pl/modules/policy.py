@@ -189,8 +189,8 @@ class PolicyModule(LightningModule):
         valid = isinstance(batch, (list, tuple)) and batch
         if not valid or not all(isinstance(p, str) or is_messages(p) for p in batch):
             raise MoslimError(
-                f"{type(self).__name__} expects non-empty lists of prompt strings or conversations (Messages) "
-                f"as batches, got {type(batch).__name__}"
+                f"{type(self).__name__} expects non-empty lists of prompt strings or conversations "
+                f"(Messages) as batches, got {type(batch).__name__}"
             )
         return list(batch)
 

@@ -183,7 +183,7 @@ CASES = {
     "predict_file_conversation_ends_with_assistant": (
         lambda ws: ws.predict_file(
             "c1.jsonl",
-            '{"prompt": [{"role": "user", "content": "rivers ?"}, {"role": "assistant", "content": "yes ."}]}\n',
+            '{"prompt": [{"role": "user", "content": "rivers ?"}, {"role": "assistant", "content": "a"}]}\n',
         ),
         "predict_file '{w}/c1.jsonl' line 1, column 'prompt': the conversation must end with a user turn, "
         "not assistant",

@@ -1,4 +1,5 @@
-"""A conversational prompt file (a system prompt, two user turns) drives an RLOO step and ``moslim-pl predict``."""
+"""A conversational prompt file (a system prompt, two user turns) drives an RLOO step, the controllability
+sweep and ``moslim-pl predict``."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def test_conversational_prompts_drive_an_rloo_step(
         targets, bare = parse_prompt_prefix(prompt, DIMENSIONS)
         assert targets, prompt  # every prompt got a prefix, at the start of its last user turn
         assert prompt[:3] == bare[:3] and bare[3][1] in [*questions, "explain clouds ."]
-    # the controllability sweep (moslim-pl test) asks every level in the held-out conversation's last user turn
+    # the controllability sweep (moslim-pl test) asks each level in the held-out conversation's last user turn
     scored.clear()
     rm_score = module.rm.score
 
