@@ -153,6 +153,7 @@ def report(args: argparse.Namespace) -> None:
             levels = summaries[name]["levels"].get(key, {})
             rho = summaries[name]["spearman"].get(key, float("nan"))
             ax.plot([int(x) for x in levels], list(levels.values()), style, label=f"{name} (rho {rho:.2f})")
+        ax.set_xticks(sorted({int(x) for s in summaries.values() for x in s["levels"].get(key, {})}))
         ax.set_xlabel("requested level")
         ax.set_ylabel(key)
         ax.set_title(key + (" (RM-measured)" if key.startswith("rm/") else " (text)"))
