@@ -8,7 +8,7 @@ One RL step reads top to bottom::
     rewards = score_responses(rm, texts, rollout.responses)
     logprobs = sequence_logprobs(policy, *rollout_inputs(rollout))             # with grad
     ref_logprobs = sequence_logprobs(reference, *rollout_inputs(rollout))     # under no_grad
-    kl = kl_estimate(logprobs, ref_logprobs, rollout.response_mask)
+    kl = kl_estimate(logprobs, ref_logprobs, rollout.response_mask)          # moslim_pl.losses.kl
 
 Shapes: ``B`` prompts, ``k`` samples per prompt, ``N = B * k`` rows (sample ``i`` of prompt ``b`` is row
 ``b * k + i``), ``P`` prompt tokens (left-padded), ``R`` response tokens, ``V`` vocabulary size, ``K`` reward
@@ -36,8 +36,6 @@ from moslim_pl.generation import (  # noqa: F401  (re-exported: one import for a
 )
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.rewards.mapping import resolve_targets
-
-KL_KINDS = ("k1", "k3")
 
 
 class RewardOutput(NamedTuple):
@@ -166,26 +164,6 @@ def sequence_logprobs(
 def rollout_inputs(rollout: Rollout) -> tuple[Tensor, Tensor, int, Tensor]:
     """``(sequences, attention_mask, prompt_length, response_mask)``: the arguments of :func:`sequence_logprobs`."""
     return rollout.sequences, rollout.attention_mask, rollout.prompt_length, rollout.response_mask
-
-
-def token_kl(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k1") -> Tensor:
-    """Per-token estimate of KL(policy || reference) from samples of the policy: ``[N, R]``.
-
-    With ``x = ref_logprobs - logprobs``: ``k1 = -x`` (unbiased, can be negative);
-    ``k3 = exp(x) - x - 1`` (unbiased, never negative, lower variance; Schulman, "Approximating KL").
-    """
-    if kind not in KL_KINDS:
-        raise MoslimError(f"unknown KL estimator {kind!r}; expected one of {', '.join(KL_KINDS)}")
-    log_ratio = ref_logprobs - logprobs
-    if kind == "k1":
-        return -log_ratio
-    return torch.exp(log_ratio) - log_ratio - 1
-
-
-def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, response_mask: Tensor, kind: str = "k1") -> Tensor:
-    """Per-sequence KL estimate ``[N]``: :func:`token_kl` summed over the response tokens (``[N, R]`` inputs)."""
-    kl = token_kl(logprobs, ref_logprobs, kind)
-    return torch.where(response_mask.bool(), kl, torch.zeros_like(kl)).sum(-1)
 
 
 # -------------------------------------------------------------------------------------------- rewards

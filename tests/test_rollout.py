@@ -16,17 +16,16 @@ from moslim_pl.data.encoding import PairEncoding
 from moslim_pl.data.synthetic import DIMENSIONS
 from moslim_pl.errors import MoslimError
 from moslim_pl.generation import PromptBatch, _sample_next, encode_prompts, generate
+from moslim_pl.losses.kl import kl_estimate, token_kl
 from moslim_pl.models.backbone import load_backbone, load_causal_lm, load_tokenizer
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.prefix import PrefixError
 from moslim_pl.rollout import (
     entropy_from_logits,
-    kl_estimate,
     response_logits,
     rollout_inputs,
     score_responses,
     sequence_logprobs,
-    token_kl,
 )
 
 PROMPTS = ["<verbosity 2> tell me about rivers .", "explain bees ."]

@@ -3,7 +3,7 @@
 One PPO rollout, with ``N`` responses and ``R`` response columns (``mask [N, R]`` is 1 on a prefix of each
 row: the row's tokens up to and including its EOS)::
 
-    kl = rollout.token_kl(old_logprobs, ref_logprobs) * mask        # [N, R] per-token k1 estimate
+    kl = token_kl(old_logprobs, ref_logprobs) * mask                # [N, R] per-token k1 estimate
     rewards = token_rewards(reward, kl, mask, controller.value)     # -beta * KL_t, + r on the last token
     advantages, returns = gae(rewards, old_values, mask, gamma, lam)
     advantages = whiten(advantages, mask)
@@ -11,7 +11,7 @@ row: the row's tokens up to and including its EOS)::
     loss = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_ratio)[0]
     loss = loss + vf_coef * ppo_value_loss(values, old_values, returns, mask, value_clip)[0]
 
-The KL controllers and the reward shaping ``r - beta * KL`` are those of :mod:`moslim_pl.losses.rloo`.
+The KL controllers and the reward shaping ``r - beta * KL`` are in :mod:`moslim_pl.losses.kl`.
 Every mean here is over the response tokens of the whole batch (a masked token mean). Pure torch: no
 Lightning.
 """
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from moslim_pl.errors import MoslimError
-from moslim_pl.losses.rloo import shape_rewards
+from moslim_pl.losses.kl import shape_rewards
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -59,8 +59,8 @@ def token_rewards(rewards: Tensor, kl: Tensor, mask: Tensor, kl_coef: float) -> 
     """Token-level rewards ``[N, R]``: ``-kl_coef * kl_t`` on every response token, plus the sequence reward
     ``rewards [N]`` on each row's last response token; 0 beyond it.
 
-    ``kl [N, R]`` is the per-token KL estimate (``rollout.token_kl``), detached. Summed over a row this is
-    RLOO's shaped reward ``r - kl_coef * KL_seq`` (:func:`moslim_pl.losses.rloo.shape_rewards`).
+    ``kl [N, R]`` is the per-token KL estimate (:func:`moslim_pl.losses.kl.token_kl`), detached. Summed over a row this is
+    RLOO's shaped reward ``r - kl_coef * KL_seq`` (:func:`moslim_pl.losses.kl.shape_rewards`).
     """
     if rewards.dim() != 1 or kl.shape != mask.shape or kl.shape[0] != rewards.shape[0]:
         raise MoslimError(

@@ -1,19 +1,17 @@
-"""RLOO: REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024), plus the KL controllers.
+"""RLOO: REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024).
 
 One RLOO step, with ``B`` prompts, ``k`` samples each and ``N = B * k`` rows laid out as
-``rollout.generate`` does (rows ``b * k .. b * k + k - 1`` belong to prompt ``b``)::
+:func:`moslim_pl.generation.generate` does (rows ``b * k .. b * k + k - 1`` belong to prompt ``b``)::
 
     shaped = shape_rewards(rewards, kl, controller.value)    # r - beta * KL_seq, BEFORE the baseline
     advantages = rloo_advantages(shaped, k)                  # A_i = r_i - mean_{j != i} r_j
     loss, stats = rloo_loss(logprobs, old_logprobs, advantages, response_mask, clip_ratio)
     controller.update(kl.mean().item(), n_steps=N)
 
-Pure torch: no Lightning.
+``shape_rewards`` and the KL controllers are in :mod:`moslim_pl.losses.kl`. Pure torch: no Lightning.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,15 +32,6 @@ def rloo_advantages(rewards: Tensor, k: int) -> Tensor:
     groups = rewards.reshape(-1, k)
     baseline = (groups.sum(-1, keepdim=True) - groups) / (k - 1)
     return (groups - baseline).reshape(-1)
-
-
-def shape_rewards(rewards: Tensor, kl: Tensor, kl_coef: float) -> Tensor:
-    """The KL-penalized reward ``r - kl_coef * KL_seq`` (``[N]``), the quantity the baseline is taken of.
-
-    ``kl`` is the per-sequence estimate of ``rollout.kl_estimate`` (k1 summed over the response tokens);
-    it is detached: the penalty acts through the advantage, not as a differentiable loss term.
-    """
-    return rewards - kl_coef * kl.detach()
 
 
 def rloo_loss(
@@ -99,61 +88,3 @@ def rloo_loss(
             "approx_kl_old": ((ratio - 1 - log_ratio) * mask).sum() / tokens,
         }
     return loss, stats
-
-
-class FixedKLController:
-    """A constant KL coefficient; ``update`` does nothing (same interface as the adaptive one)."""
-
-    def __init__(self, kl_coef: float) -> None:
-        if kl_coef < 0:
-            raise MoslimError(f"kl_coef must be >= 0, got {kl_coef}")
-        self.value = float(kl_coef)
-
-    def update(self, current_kl: float, n_steps: int) -> float:
-        return self.value
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"value": self.value}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.value = float(state["value"])
-
-
-class AdaptiveKLController:
-    """Steer the KL coefficient towards a target KL (Ziegler et al. 2019, "Fine-Tuning LMs from Human Preferences").
-
-    After each batch: ``e = clip(KL / target - 1, -0.2, 0.2)``, ``beta *= 1 + e * n_steps / horizon``.
-    ``current_kl`` is the batch's mean per-sequence KL and ``n_steps`` the number of sequences it holds,
-    so ``horizon`` is counted in sequences (samples), as in the paper and TRL.
-    """
-
-    def __init__(self, init_kl_coef: float, target: float, horizon: float) -> None:
-        if init_kl_coef < 0 or target <= 0 or horizon <= 0:
-            raise MoslimError(
-                f"adaptive KL needs kl_coef >= 0, target > 0 and horizon > 0, "
-                f"got {init_kl_coef}, {target}, {horizon}"
-            )
-        self.value = float(init_kl_coef)
-        self.target = float(target)
-        self.horizon = float(horizon)
-
-    def update(self, current_kl: float, n_steps: int) -> float:
-        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
-        return self.value
-
-    def state_dict(self) -> dict[str, Any]:
-        # Only the coefficient is state: target and horizon are hyperparameters, set by the config.
-        return {"value": self.value}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.value = float(state["value"])
-
-
-def kl_controller(
-    kl_coef: float, kl_target: float | None = None, kl_horizon: float = 10000.0
-) -> FixedKLController | AdaptiveKLController:
-    """A fixed controller, or an adaptive one when ``kl_target`` is set (the modules' ``kl_*`` arguments)."""
-    if kl_target is None:
-        return FixedKLController(kl_coef)
-    return AdaptiveKLController(kl_coef, kl_target, kl_horizon)

@@ -22,11 +22,11 @@ from torch import Tensor
 
 from moslim_pl.errors import MoslimError
 from moslim_pl.losses.dpo import dpo_loss
+from moslim_pl.losses.kl import kl_estimate
 from moslim_pl.models.lora import LoRAConfig
 from moslim_pl.modules.policy import PolicyModule
 from moslim_pl.rollout import (
     entropy_from_logits,
-    kl_estimate,
     response_logits,
     rollout_inputs,
     token_logprobs,

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from moslim_pl.errors import MoslimError
+from moslim_pl.losses.kl import kl_controller, token_kl
 from moslim_pl.losses.ppo import (
     explained_variance,
     gae,
@@ -35,7 +36,6 @@ from moslim_pl.losses.ppo import (
     token_rewards,
     whiten,
 )
-from moslim_pl.losses.rloo import kl_controller
 from moslim_pl.models.backbone import load_backbone
 from moslim_pl.models.lora import LoRAConfig
 from moslim_pl.modules.optim import adamw_with_warmup
@@ -45,7 +45,6 @@ from moslim_pl.rollout import (
     entropy_from_logits,
     response_logits,
     rollout_inputs,
-    token_kl,
     token_logprobs,
 )
 

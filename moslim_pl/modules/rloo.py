@@ -22,17 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from moslim_pl.errors import MoslimError
-from moslim_pl.losses.rloo import (
-    kl_controller,
-    rloo_advantages,
-    rloo_loss,
-    shape_rewards,
-)
+from moslim_pl.losses.kl import kl_controller, kl_estimate, shape_rewards
+from moslim_pl.losses.rloo import rloo_advantages, rloo_loss
 from moslim_pl.models.lora import LoRAConfig
 from moslim_pl.modules.policy import PolicyModule
 from moslim_pl.rollout import (
     entropy_from_logits,
-    kl_estimate,
     response_logits,
     rollout_inputs,
     token_logprobs,

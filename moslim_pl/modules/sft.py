@@ -12,15 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor
 from torchmetrics import SumMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from moslim_pl.data.sft import SFTBatch, SFTEncoding
-from moslim_pl.data.types import IGNORE_LABEL
 from moslim_pl.generation import resolve_chat_template
+from moslim_pl.losses.sft import response_nll
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.models.card import CARD_FILE, policy_card, training_summary
 from moslim_pl.models.io import save_pretrained_atomic
@@ -29,22 +28,6 @@ from moslim_pl.modules.optim import OptimizerLogging, adamw_with_warmup
 from moslim_pl.modules.precision import MetricEvalHooks
 
 log = logging.getLogger(__name__)
-
-
-def response_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Summed next-token negative log-likelihood of the labelled tokens, and their count.
-
-    ``logits [N, T, V]`` at position ``t`` predict ``labels [N, T]`` at ``t + 1``; ``IGNORE_LABEL``
-    (prompt, padding) is skipped. Returns two scalars: the float32 sum and the long count.
-    """
-    targets = labels[:, 1:]
-    nll = F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(),
-        targets.flatten(),
-        ignore_index=IGNORE_LABEL,
-        reduction="sum",
-    )
-    return nll, (targets != IGNORE_LABEL).sum()
 
 
 class SFTModule(OptimizerLogging, MetricEvalHooks, LightningModule):

@@ -8,13 +8,8 @@ import pytest
 import torch
 
 from moslim_pl.errors import MoslimError
-from moslim_pl.losses.rloo import (
-    AdaptiveKLController,
-    FixedKLController,
-    rloo_advantages,
-    rloo_loss,
-    shape_rewards,
-)
+from moslim_pl.losses.kl import AdaptiveKLController, FixedKLController, shape_rewards
+from moslim_pl.losses.rloo import rloo_advantages, rloo_loss
 
 
 def test_advantages_k2_by_hand() -> None:

@@ -15,8 +15,9 @@ from moslim_pl.data.sft import SFTBatch, SFTDataModule, SFTEncoding, collate_sft
 from moslim_pl.data.sources import DataError, DataSource, SyntheticConfig
 from moslim_pl.data.types import IGNORE_LABEL
 from moslim_pl.generation import encode_prompts
+from moslim_pl.losses.sft import response_nll
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
-from moslim_pl.modules.sft import SFTModule, response_nll
+from moslim_pl.modules.sft import SFTModule
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 
