@@ -31,11 +31,10 @@ def status_bytes(field: str) -> int | None:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident memory of this process (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
-    import resource
+    """Peak resident memory of this process: ``moslim_pl.utils.memory``'s measure (no torch import)."""
+    from moslim_pl.utils.memory import peak_host_memory_bytes
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
+    return peak_host_memory_bytes()
 
 
 def spread(values: list[float]) -> dict[str, float]:

@@ -44,7 +44,6 @@ from _harness import (  # noqa: E402
     add_child_arguments,
     child_main,
     lockstep,
-    peak_rss_bytes,
     run_script,
     spread,
     status_bytes,
@@ -284,6 +283,8 @@ def run(args: argparse.Namespace, spec: dict[str, Any], workdir: Path) -> dict[s
     """One framework's steps; every step's time, the generated tokens per step and the peak memory."""
     import torch
 
+    from moslim_pl.utils.memory import peak_memory_bytes
+
     _import_everything()
     rss_after_imports = status_bytes("VmRSS")
     device = args.device
@@ -307,7 +308,7 @@ def run(args: argparse.Namespace, spec: dict[str, Any], workdir: Path) -> dict[s
         "median_step_seconds": statistics.median(measured),
         "min_step_seconds": min(measured),
         "max_step_seconds": max(measured),
-        "peak_memory_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else peak_rss_bytes(),
+        "peak_memory_bytes": peak_memory_bytes(device),
         "device_type": device,
         "rss_after_imports_bytes": rss_after_imports,
         "wall_seconds": time.perf_counter() - start,

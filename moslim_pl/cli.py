@@ -32,7 +32,7 @@ from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCL
 
 from moslim_pl.callbacks.progress import fix_epoch_display
 from moslim_pl.errors import MoslimError
-from moslim_pl.models.io import AtomicCheckpointIO
+from moslim_pl.utils.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 

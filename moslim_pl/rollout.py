@@ -8,7 +8,7 @@ One RL step reads top to bottom::
     rewards = score_responses(rm, texts, rollout.responses)
     logprobs = sequence_logprobs(policy, *rollout_inputs(rollout))             # with grad
     ref_logprobs = sequence_logprobs(reference, *rollout_inputs(rollout))     # under no_grad
-    kl = kl_estimate(logprobs, ref_logprobs, rollout.response_mask)          # moslim_pl.losses.kl
+    kl = kl_estimate(logprobs, ref_logprobs, rollout.response_mask)  # moslim_pl.losses.kl
 
 Shapes: ``B`` prompts, ``k`` samples per prompt, ``N = B * k`` rows (sample ``i`` of prompt ``b`` is row
 ``b * k + i``), ``P`` prompt tokens (left-padded), ``R`` response tokens, ``V`` vocabulary size, ``K`` reward
@@ -25,17 +25,25 @@ from torch import Tensor, nn
 
 from moslim_pl.data.messages import Prompt, parse_prompt_prefix
 from moslim_pl.errors import MoslimError
-from moslim_pl.generation import (  # noqa: F401  (re-exported: one import for a whole RL step)
-    PromptBatch,
-    Rollout,
-    _cache_name,
-    _forward_kwargs,
-    encode_prompts,
-    generate,
-    positions_from_mask,
-)
+from moslim_pl.generation import PromptBatch, Rollout, encode_prompts, generate
+from moslim_pl.models.compat import cache_name, forward_kwargs
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.rewards.mapping import resolve_targets
+
+# The generation names are named here too: one import serves a whole RL step (the docstring's example).
+__all__ = [
+    "PromptBatch",
+    "RewardOutput",
+    "Rollout",
+    "encode_prompts",
+    "entropy_from_logits",
+    "generate",
+    "response_logits",
+    "rollout_inputs",
+    "score_responses",
+    "sequence_logprobs",
+    "token_logprobs",
+]
 
 
 class RewardOutput(NamedTuple):
@@ -86,7 +94,7 @@ def response_logits(
     if logits is None:
         num_response = sequences.shape[1] - prompt_length
         # Only the last R + 1 positions predict response tokens: skip the LM head on the prompt.
-        kwargs = _forward_kwargs(model, attention_mask, sequences.shape[1], num_response + 1)
+        kwargs = forward_kwargs(model, attention_mask, sequences.shape[1], num_response + 1)
         out = model(input_ids=sequences, use_cache=False, **kwargs)
         logits = out.logits[:, -(num_response + 1) : -1]
     logits = logits.float()
@@ -108,9 +116,9 @@ def _shared_prompt_logits(
     )
     if not shared:
         return None
-    out = model(input_ids=first_ids, use_cache=True, **_forward_kwargs(model, first_mask, prompt_length, 1))
-    cache_name = _cache_name(model)
-    cache = getattr(out, cache_name)
+    out = model(input_ids=first_ids, use_cache=True, **forward_kwargs(model, first_mask, prompt_length, 1))
+    cache_arg = cache_name(model)
+    cache = getattr(out, cache_arg)
     if not hasattr(cache, "batch_repeat_interleave"):
         return None  # a legacy tuple cache (some remote-code models)
     first = out.logits[:, -1:].repeat_interleave(group_size, 0)  # predicts the first response token
@@ -122,8 +130,8 @@ def _shared_prompt_logits(
     out = model(
         input_ids=sequences[:, prompt_length:-1],
         use_cache=True,
-        **{cache_name: cache},
-        **_forward_kwargs(model, mask, width - 1 - prompt_length, 0),
+        **{cache_arg: cache},
+        **forward_kwargs(model, mask, width - 1 - prompt_length, 0),
     )
     return torch.cat([first, out.logits], dim=1)
 

@@ -356,7 +356,7 @@ def test_lean_decoding_step_gives_the_same_tokens_as_the_model_forward(
 ) -> None:
     import moslim_pl.generation as generation
 
-    assert generation._lean_decoder(policy, lockstep=False) is not None  # a Llama with SDPA
+    assert generation.lean_decoder(policy, lockstep=False) is not None  # a Llama with SDPA
     batch = _prompts(tokenizer)
     if not padded:  # the same prompt twice: no padding, so no mask at all
         batch = encode_prompts(
@@ -370,7 +370,7 @@ def test_lean_decoding_step_gives_the_same_tokens_as_the_model_forward(
         return rollout.sequences
 
     lean = sample()
-    monkeypatch.setattr(generation, "_lean_decoder", lambda model, lockstep: None)
+    monkeypatch.setattr(generation, "lean_decoder", lambda model, lockstep: None)
     assert torch.equal(lean, sample())  # bit for bit: the same logits, hence the same draws
 
 
@@ -381,13 +381,13 @@ def test_chat_template_defaults_on_when_the_tokenizer_has_one(
 
     chat = copy.deepcopy(tokenizer)
     chat.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    with caplog.at_level(logging.WARNING, logger="moslim_pl.generation"):
+    with caplog.at_level(logging.WARNING, logger="moslim_pl.data.prompt_encoding"):
         assert resolve_chat_template(chat, None, "chat-model") is True
         assert resolve_chat_template(tokenizer, None, "plain-model") is False
         assert resolve_chat_template(chat, True, "chat-model") is True
         assert resolve_chat_template(tokenizer, False, "plain-model") is False
     assert not caplog.records  # none of these is a problem
-    with caplog.at_level(logging.WARNING, logger="moslim_pl.generation"):
+    with caplog.at_level(logging.WARNING, logger="moslim_pl.data.prompt_encoding"):
         assert resolve_chat_template(chat, False, "chat-model") is False
     (record,) = caplog.records
     assert (

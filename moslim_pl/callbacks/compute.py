@@ -7,8 +7,6 @@ callback gives every run of this framework the same accounting, so a comparison 
 from __future__ import annotations
 
 import json
-import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,8 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from moslim_pl.models.io import atomic_file
+from moslim_pl.utils.io import atomic_file
+from moslim_pl.utils.memory import peak_memory_bytes
 
 
 def _batch_tokens(batch: Any) -> int:
@@ -25,12 +24,6 @@ def _batch_tokens(batch: Any) -> int:
     if mask is None and isinstance(batch, dict):
         mask = batch.get("attention_mask")
     return int(mask.sum()) if isinstance(mask, torch.Tensor) else 0
-
-
-def peak_host_memory_bytes() -> int:
-    """Peak resident memory of this process (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
 class ComputeCallback(Callback):
@@ -68,7 +61,7 @@ class ComputeCallback(Callback):
         wall = time.perf_counter() - self._start
         device = pl_module.device
         tokens = self._tokens + int(getattr(pl_module, "rollout_tokens", 0))
-        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_host_memory_bytes()
+        peak = peak_memory_bytes(device)
         totals = torch.tensor([float(tokens)], dtype=torch.float64, device=device)
         totals = trainer.strategy.reduce(totals, reduce_op="sum")
         peak_all = trainer.strategy.reduce(torch.tensor(float(peak), device=device), reduce_op="max")

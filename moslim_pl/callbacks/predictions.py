@@ -12,7 +12,7 @@ import torch.distributed as dist
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from moslim_pl.models.io import atomic_file
+from moslim_pl.utils.io import atomic_file
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
+from moslim_pl.utils.distributed import rank_and_world
+
 
 def _numpy_state() -> tuple[str, torch.Tensor, int, int, float]:
     # a tensor, not an ndarray, so that checkpoints load with torch.load(weights_only=True)
@@ -49,15 +51,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def _gather(state: dict[str, Any]) -> list[dict[str, Any]]:
     """Every rank's ``state``, in rank order (a collective when the run is distributed)."""
-    _, world = _rank_and_world()
+    _, world = rank_and_world()
     if world == 1:
         return [state]
     states: list[Any] = [None] * world
@@ -98,7 +94,7 @@ class RNGStateCallback(Callback):
         if not states:
             self._state = None
             return
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         if len(states) == world:
             self._state = states[rank]
             return

@@ -31,15 +31,14 @@ from moslim_pl.data.sources import (
     DataSource,
     PreferenceRow,
     SyntheticConfig,
-    as_dataclass,
     load_source,
-    plain_hparams,
     read_rows,
     resolve_dimensions,
 )
 from moslim_pl.data.types import ALL_HEADS, IGNORE_LABEL
 from moslim_pl.errors import MoslimError
 from moslim_pl.schema import Dimension, describe_dimensions
+from moslim_pl.utils.hparams import as_dataclass, plain_hparams
 
 log = logging.getLogger(__name__)
 

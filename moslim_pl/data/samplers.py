@@ -17,6 +17,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DistributedSampler
 
 from moslim_pl.errors import MoslimError
+from moslim_pl.utils.distributed import rank_and_world
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,8 @@ class ResumableSampler(DistributedSampler):
     @staticmethod
     def _ranks() -> tuple[int, int]:
         """``(world_size, rank)`` of the default process group, ``(1, 0)`` without one."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(), torch.distributed.get_rank()
-        return 1, 0
+        rank, world = rank_and_world()
+        return world, rank
 
     def __len__(self) -> int:
         """This rank's share of a whole epoch. A resumed pass yields fewer: Lightning counts the batches it

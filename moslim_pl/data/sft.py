@@ -1,6 +1,6 @@
 """The SFT datamodule: (prompt, response) rows in, right-padded causal-LM batches (``SFTBatch``) out.
 
-A row becomes the prompt's ids exactly as the policy will later read it (``rollout.encode_prompts``,
+A row becomes the prompt's ids exactly as the policy will later read it (``moslim_pl.data.prompt_encoding.encode_prompts``,
 without its left padding), then the response's ids and an end of sequence, so that RL starts from a
 model that knows where its answer begins and ends. The loss covers the response tokens only: the
 labels are ``IGNORE_LABEL`` on the prompt and on padding.
@@ -34,6 +34,7 @@ from moslim_pl.data.messages import (
     split_messages,
 )
 from moslim_pl.data.preference import check_loader_args, prefetch_sources, take_sources, train_val_rows
+from moslim_pl.data.prompt_encoding import encode_prompts
 from moslim_pl.data.prompts import read_prompts, read_texts
 from moslim_pl.data.sources import (
     DataError,
@@ -87,7 +88,7 @@ class SFTEncoding:
 
     Args:
         max_length: token budget of prompt plus response; a longer response loses its end (and its EOS).
-        max_prompt_length: prompt budget, cut as ``rollout.encode_prompts`` cuts (prefix and end kept).
+        max_prompt_length: prompt budget, cut as ``moslim_pl.data.prompt_encoding.encode_prompts`` cuts (prefix and end kept).
         chat_template: the prompt is the user turn (a conversation: all its messages) of the tokenizer's
             chat template plus its generation prompt, the response the assistant turn up to the template's
             end-of-turn token.
@@ -108,8 +109,6 @@ class SFTEncoding:
     ) -> list[SFTExample]:
         """Encode the pairs; each distinct prompt is tokenized once."""
         # lazy: rollout imports the reward model, which imports this package
-        from moslim_pl.generation import encode_prompts
-
         distinct = list(dict.fromkeys(prompts))
         prompt_ids: dict[Prompt, list[int]] = {}
         for start in range(0, len(distinct), 1024):  # chunks bound the padded tensor's size

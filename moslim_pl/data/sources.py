@@ -25,9 +25,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import MutableMapping, Sequence
-from dataclasses import asdict, dataclass, is_dataclass
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import datasets
 
@@ -38,7 +38,6 @@ from moslim_pl.schema import Dimension, check_dimensions
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 SYNTHETIC = "synthetic"
 _MISSING_STRINGS = frozenset({"", "n/a", "na", "nan", "none", "null"})
@@ -349,21 +348,6 @@ def check_label(dim: Dimension, value: Any, where: str) -> int:
     if not dim.low <= raw <= dim.high:
         raise DataError(f"{where}: label {raw} outside {dim.low}..{dim.high}")
     return dim.label_to_class(raw)
-
-
-def as_dataclass(cls: type[T], value: T | dict[str, Any] | None) -> T | None:
-    """``value`` itself, or ``cls(**value)`` for the plain dict that a checkpoint's hyperparameters hold."""
-    return cls(**value) if isinstance(value, dict) else value
-
-
-def plain_hparams(hparams: MutableMapping[str, Any], keys: Sequence[str]) -> None:
-    """Store dataclass hyperparameters as plain dicts, so checkpoints load with ``weights_only=True``."""
-    for key in keys:
-        value = hparams.get(key)
-        if is_dataclass(value):
-            hparams[key] = asdict(value)
-        elif isinstance(value, list | tuple):
-            hparams[key] = [asdict(item) if is_dataclass(item) else item for item in value]
 
 
 def resolve_dimensions(

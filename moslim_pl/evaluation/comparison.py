@@ -52,9 +52,9 @@ import torch
 
 from moslim_pl.errors import MoslimError
 from moslim_pl.evaluation.controllability import spearman
-from moslim_pl.models.io import atomic_file
 from moslim_pl.prefix import format_prefix
 from moslim_pl.schema import Dimension
+from moslim_pl.utils.io import atomic_file
 
 Request = dict[str, int]
 Responder = Callable[[list[str], Request], list[str]]

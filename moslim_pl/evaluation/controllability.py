@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from moslim_pl.data.messages import add_prefix
-from moslim_pl.models.io import atomic_file
 from moslim_pl.rewards.mapping import expected_level
 from moslim_pl.schema import Dimension
+from moslim_pl.utils.io import atomic_file
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,6 @@ buffers, so that checkpoints and exports carry them.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,10 +27,12 @@ from moslim_pl.data.messages import Prompt, parse_prompt_prefix
 from moslim_pl.errors import MoslimError
 from moslim_pl.models.backbone import is_encoder, load_backbone, load_tokenizer
 from moslim_pl.models.card import CARD_FILE, reward_model_card
-from moslim_pl.models.io import atomic_folder, refuse_sequence_classification
+from moslim_pl.models.compat import accepted_arguments, base_model, positions_from_mask
+from moslim_pl.models.io import refuse_sequence_classification
 from moslim_pl.models.lora import is_lora, merged_copy
 from moslim_pl.models.sharding import is_sharded
 from moslim_pl.schema import Dimension, check_dimensions, default_targets
+from moslim_pl.utils.io import atomic_folder
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,6 @@ class ScoreOutput(NamedTuple):
     """[N, K] bool, True where the dimension contributes."""
     probs: Tensor
     """[N, K, L] per-head probabilities, exact 0 on padded levels."""
-
-
-def _accepts_position_ids(backbone: nn.Module) -> bool:
-    base = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
-    return "position_ids" in inspect.signature(base.forward).parameters
 
 
 def _segment_separator(backbone: nn.Module, tokenizer: PreTrainedTokenizerBase | None) -> int | None:
@@ -108,7 +104,9 @@ class MultiHeadRewardModel(nn.Module):
         self.encoding = encoding or PairEncoding()
         # Decoders with left padding need positions counted from the first real token to match the
         # unpadded sequence; encoders keep their own scheme (RoBERTa offsets positions by the pad id).
-        self._pass_positions = not encoder and _accepts_position_ids(backbone)
+        self._pass_positions = not encoder and "position_ids" in accepted_arguments(
+            type(base_model(backbone))
+        )
         # BERT-like encoders were pretrained with segment ids telling the prompt (segment 0, up to the
         # first [SEP]) from the response (segment 1); batches carry only ids and mask, so rebuild them.
         self._segment_sep_id = _segment_separator(backbone, tokenizer) if encoder else None
@@ -163,7 +161,7 @@ class MultiHeadRewardModel(nn.Module):
         """
         kwargs = {}
         if self._pass_positions:
-            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            kwargs["position_ids"] = positions_from_mask(attention_mask)
         if self._segment_sep_id is not None:
             is_sep = (input_ids == self._segment_sep_id).long()
             after_first_sep = (is_sep.cumsum(-1) - is_sep) >= 1
@@ -313,7 +311,7 @@ class MultiHeadRewardModel(nn.Module):
         the tokenizer's files, ``moslim_rm.json`` (schema, pooling, encoding) and ``heads.safetensors``
         (heads and running statistics), and a ``README.md`` model card (``training``: what
         ``moslim_pl.models.card.training_summary`` says about the run, shown in the card). Loading the
-        folder with ``AutoModelForSequenceClassification`` is refused (``models.io.refuse_sequence_classification``):
+        folder with ``AutoModelForSequenceClassification`` is refused (``moslim_pl.models.io.refuse_sequence_classification``):
         it would put a random one-logit head on the backbone. An existing folder is replaced only once the
         new one is complete.
         ``state_dict``: the full weights to write instead of the module's own (a sharded model's,

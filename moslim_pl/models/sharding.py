@@ -21,7 +21,6 @@ import copy
 import logging
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel, fully_shard
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
@@ -161,21 +160,6 @@ def shard_mesh(device_mesh: Any) -> Any:
             "ModelParallelStrategy with tensor_parallel_size=1"
         )
     return device_mesh["data_parallel"] if "data_parallel" in names else device_mesh
-
-
-def any_rank(flag: Tensor, sync: bool = True) -> bool:
-    """``flag`` (a bool scalar) OR-ed over all ranks when ``sync`` and torch.distributed runs, else itself."""
-    if sync and torch.distributed.is_available() and torch.distributed.is_initialized():
-        flag = flag.to(torch.int32)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag)
-
-
-def is_rank_zero() -> bool:
-    """Whether this process writes shared files: rank 0 of torch.distributed, or the only process."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank() == 0
-    return True
 
 
 def fsdp1_root(pl_module: nn.Module) -> nn.Module | None:

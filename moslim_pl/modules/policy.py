@@ -32,10 +32,9 @@ from moslim_pl.callbacks.predictions import PredictionWriter
 from moslim_pl.callbacks.progress import progress
 from moslim_pl.callbacks.throughput import ThroughputCallback
 from moslim_pl.data.messages import Prompt, is_messages, prompt_json, prompt_text
-from moslim_pl.data.sources import as_dataclass
+from moslim_pl.data.prompt_encoding import resolve_chat_template
 from moslim_pl.errors import MoslimError
 from moslim_pl.evaluation import controllability
-from moslim_pl.generation import resolve_chat_template
 from moslim_pl.models.backbone import TINY_BACKBONES, load_causal_lm, load_tokenizer
 from moslim_pl.models.card import CARD_FILE, policy_card, training_summary
 from moslim_pl.models.io import save_pretrained_atomic
@@ -52,6 +51,7 @@ from moslim_pl.rollout import (
     score_responses,
     sequence_logprobs,
 )
+from moslim_pl.utils.hparams import as_dataclass
 
 log = logging.getLogger(__name__)
 

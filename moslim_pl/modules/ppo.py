@@ -37,11 +37,11 @@ from moslim_pl.losses.ppo import (
     whiten,
 )
 from moslim_pl.models.backbone import load_backbone
+from moslim_pl.models.compat import forward_kwargs
 from moslim_pl.models.lora import LoRAConfig
 from moslim_pl.modules.optim import adamw_with_warmup
 from moslim_pl.modules.policy import PolicyModule
 from moslim_pl.rollout import (
-    _forward_kwargs,
     entropy_from_logits,
     response_logits,
     rollout_inputs,
@@ -216,13 +216,13 @@ class PPOModule(PolicyModule):
         hp = self.hparams
         num_response = sequences.shape[1] - prompt_length
         if self.critic_backbone is None:
-            kwargs = _forward_kwargs(self.policy, attention_mask, sequences.shape[1], num_response + 1)
+            kwargs = forward_kwargs(self.policy, attention_mask, sequences.shape[1], num_response + 1)
             out = self.policy(input_ids=sequences, use_cache=False, output_hidden_states=True, **kwargs)
             logits = out.logits[:, -(num_response + 1) : -1].float() / hp.temperature
             hidden = out.hidden_states[-1]
         else:
             logits = response_logits(self.policy, sequences, attention_mask, prompt_length, hp.temperature)
-            kwargs = _forward_kwargs(self.critic_backbone, attention_mask, sequences.shape[1], 0)
+            kwargs = forward_kwargs(self.critic_backbone, attention_mask, sequences.shape[1], 0)
             hidden = self.critic_backbone(input_ids=sequences, use_cache=False, **kwargs).last_hidden_state
         hidden = hidden[:, prompt_length - 1 : prompt_length - 1 + num_response]
         values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()

@@ -19,7 +19,6 @@ from torchmetrics.utilities import dim_zero_cat
 
 from moslim_pl.callbacks import media
 from moslim_pl.data.encoding import PairEncoding
-from moslim_pl.data.sources import as_dataclass
 from moslim_pl.data.types import IGNORE_LABEL, RewardBatch
 from moslim_pl.errors import MoslimError
 from moslim_pl.evaluation.plots import confusion_matrix_image
@@ -29,11 +28,13 @@ from moslim_pl.models.backbone import load_backbone, load_tokenizer
 from moslim_pl.models.card import training_summary
 from moslim_pl.models.lora import LoRAConfig, apply_lora
 from moslim_pl.models.reward_model import MultiHeadRewardModel
-from moslim_pl.models.sharding import fsdp1_root, full_state_dict, is_rank_zero, shard_mesh, shard_model
+from moslim_pl.models.sharding import fsdp1_root, full_state_dict, shard_mesh, shard_model
 from moslim_pl.modules.optim import OptimizerLogging, adamw_with_warmup
 from moslim_pl.modules.precision import MetricEvalHooks
 from moslim_pl.rewards.mapping import expected_level
 from moslim_pl.schema import Dimension, check_dimensions
+from moslim_pl.utils.distributed import is_rank_zero
+from moslim_pl.utils.hparams import as_dataclass
 
 log = logging.getLogger(__name__)
 

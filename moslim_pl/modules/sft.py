@@ -17,8 +17,8 @@ from torch import Tensor
 from torchmetrics import SumMetric
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from moslim_pl.data.prompt_encoding import resolve_chat_template
 from moslim_pl.data.sft import SFTBatch, SFTEncoding
-from moslim_pl.generation import resolve_chat_template
 from moslim_pl.losses.sft import response_nll
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.models.card import CARD_FILE, policy_card, training_summary
@@ -39,7 +39,7 @@ class SFTModule(OptimizerLogging, MetricEvalHooks, LightningModule):
         model: a Hugging Face id or folder of a decoder, or ``moslim/tiny-llama`` built from a config.
         tiny_config: overrides of the tiny model's config (``hidden_size``, ``num_hidden_layers``, ...).
         max_length: token budget of prompt plus response (the datamodule encodes with it).
-        max_prompt_length: prompt budget, cut as the RL stages cut prompts (``rollout.encode_prompts``).
+        max_prompt_length: prompt budget, cut as the RL stages cut prompts (``moslim_pl.data.prompt_encoding.encode_prompts``).
         chat_template: prompt and response as a user and an assistant turn of the tokenizer's template.
         learning_rate, weight_decay, warmup_steps: AdamW with linear warm-up then constant.
         trust_remote_code: passed to ``from_pretrained``.

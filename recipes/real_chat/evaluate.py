@@ -29,8 +29,8 @@ from moslim_pl.evaluation.text_metrics import Relevance
 from moslim_pl.evaluation.text_sweep import SweepRecord, measure, summarize, sweep_answers
 from moslim_pl.generation import encode_prompts, generate, resolve_chat_template
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
-from moslim_pl.models.io import atomic_file
 from moslim_pl.models.reward_model import MultiHeadRewardModel
+from moslim_pl.utils.io import atomic_file
 
 log = logging.getLogger("real_chat")
 

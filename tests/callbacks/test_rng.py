@@ -71,7 +71,7 @@ def _state_after(seed: int) -> dict:
 def test_each_rank_restores_its_own_state(monkeypatch) -> None:
     states = [_state_after(1), _state_after(2)]
     for rank in (0, 1):
-        monkeypatch.setattr("moslim_pl.callbacks.rng._rank_and_world", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr("moslim_pl.callbacks.rng.rank_and_world", lambda rank=rank: (rank, 2))
         callback = RNGStateCallback()
         callback.load_state_dict({"rng": states})
         callback.on_train_batch_start(None, None, None, 0)  # type: ignore[arg-type]
@@ -80,12 +80,12 @@ def test_each_rank_restores_its_own_state(monkeypatch) -> None:
 
 def test_another_world_size_restores_rank_zero_only_and_warns(monkeypatch) -> None:
     states = [_state_after(1), _state_after(2)]
-    monkeypatch.setattr("moslim_pl.callbacks.rng._rank_and_world", lambda: (1, 4))
+    monkeypatch.setattr("moslim_pl.callbacks.rng.rank_and_world", lambda: (1, 4))
     callback = RNGStateCallback()
     with pytest.warns(UserWarning, match="RNG states of 2 rank"):
         callback.load_state_dict({"rng": states})
     assert callback.state_dict() == {}  # rank 1 keeps its own seeding
-    monkeypatch.setattr("moslim_pl.callbacks.rng._rank_and_world", lambda: (0, 4))
+    monkeypatch.setattr("moslim_pl.callbacks.rng.rank_and_world", lambda: (0, 4))
     callback.load_state_dict({"rng": states})
     callback.on_train_batch_start(None, None, None, 0)  # type: ignore[arg-type]
     assert torch.equal(torch.get_rng_state(), states[0]["torch"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from moslim_pl.models.io import AtomicCheckpointIO
+from moslim_pl.utils.checkpoint_io import AtomicCheckpointIO
 
 
 def test_the_cli_trainer_writes_checkpoints_atomically() -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from moslim_pl.models.io import AtomicCheckpointIO, _exchange, atomic_folder
+from moslim_pl.utils.checkpoint_io import AtomicCheckpointIO
+from moslim_pl.utils.io import _exchange, atomic_folder
 
 
 def test_atomic_folder_permissions_follow_the_umask(tmp_path: Path) -> None:
@@ -93,7 +94,7 @@ def stall(*args, **kwargs):
     print("WRITING", flush=True)
     time.sleep(600)
 if kind == "checkpoint":
-    from moslim_pl.models.io import AtomicCheckpointIO
+    from moslim_pl.utils.checkpoint_io import AtomicCheckpointIO
     io = AtomicCheckpointIO()
     io.save_checkpoint({"step": 1}, out / "last.ckpt")
     torch.save = stall
