@@ -28,10 +28,16 @@ import yaml
 from jsonargparse import ArgumentParser
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, instantiate_class
 
+import moslim_pl.callbacks as callbacks
+import moslim_pl.data as data
+import moslim_pl.modules as modules
 from moslim_pl.callbacks.progress import fix_epoch_display
+from moslim_pl.data.schemas import SCHEMAS
 from moslim_pl.errors import MoslimError
+from moslim_pl.modules.optim import WarmupDecayLR
+from moslim_pl.rewards.mapping import AGGREGATIONS, MAPPINGS
 from moslim_pl.utils.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
@@ -130,10 +136,6 @@ def install_optimizer(model: LightningModule, optimizer_init: Any | None, schedu
     """
     if not optimizer_init and not scheduler_init:
         return
-    from lightning.pytorch.cli import instantiate_class
-
-    from moslim_pl.modules.optim import WarmupDecayLR
-
     hparams = getattr(model, "hparams", {})
     if optimizer_init:
         for name, what in _OWN_RATES.items():
@@ -171,11 +173,6 @@ def install_optimizer(model: LightningModule, optimizer_init: Any | None, schedu
 def names_epilog() -> str:
     """The names ``--help`` lists below the options (``docs/user_guide.md``, "Finding options"): dataset
     schemas, reward mappings and aggregations, and the short class names LightningCLI resolves."""
-    import moslim_pl.callbacks as callbacks
-    import moslim_pl.data as data
-    import moslim_pl.modules as modules
-    from moslim_pl.data.schemas import SCHEMAS
-    from moslim_pl.rewards.mapping import AGGREGATIONS, MAPPINGS
 
     def names(module: Any, base: type) -> str:
         return ", ".join(n for n in module.__all__ if _is_subclass(getattr(module, n), base))

@@ -4,14 +4,48 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
 
+from moslim_pl.callbacks import media
 from moslim_pl.errors import MoslimError
 from moslim_pl.evaluation import controllability
 
 log = logging.getLogger(__name__)
+
+
+def report(module: Any, records: Tensor, tag: str, name: str) -> dict[str, dict]:
+    """Gather a LightningModule's sweep records from every rank, summarize, log and write them.
+
+    Logs ``<tag>/spearman_oracle/<dim>`` and ``<tag>/spearman_rm/<dim>`` through ``module.log``, a
+    figure ``<tag>/controllability`` to the loggers that take figures (``callbacks/media.py``), and writes ``<name>.json`` / ``<name>.png`` into the
+    trainer's log dir (rank 0). ``records [M, 4]`` (:func:`moslim_pl.evaluation.controllability.sweep_records`) must have the same ``M`` on
+    every rank (a distributed sampler pads the ranks evenly). Returns the table.
+    """
+    gathered = module.all_gather(records)
+    records = gathered.flatten(0, 1) if gathered.dim() == 3 else gathered
+    table = controllability.summarize(module.rm.dimensions, records.double().cpu())
+    for dim, row in table.items():
+        module.log(f"{tag}/spearman_rm/{dim}", row["spearman_rm"], rank_zero_only=True)
+        if row["spearman_oracle"] is not None:
+            module.log(f"{tag}/spearman_oracle/{dim}", row["spearman_oracle"], rank_zero_only=True)
+    trainer = module.trainer
+    # trainer.log_dir broadcasts from rank 0: a collective that every rank must join
+    out_dir = Path(trainer.log_dir or trainer.default_root_dir)
+    if trainer.is_global_zero:
+        json_path, _ = controllability.write(table, out_dir, name)
+        log.info("controllability (%s):\n%s\nwrote %s", tag, controllability.format_table(table), json_path)
+        if trainer.loggers:
+            from moslim_pl.evaluation.plots import plt  # matplotlib on demand, as controllability.plot does
+
+            figure = controllability.plot(table)
+            media.log_figure(trainer.loggers, f"{tag}/controllability", figure, trainer.global_step)
+            plt.close(figure)
+    return table
 
 
 class ControllabilityCallback(Callback):
@@ -53,9 +87,7 @@ class ControllabilityCallback(Callback):
         mine = padded[trainer.global_rank * share : (trainer.global_rank + 1) * share]
         with torch.no_grad():
             records = pl_module.sweep_records(mine, datamodule.oracle)
-        controllability.report(
-            pl_module, records.to(pl_module.device), "sweep", f"controllability_step{step}"
-        )
+        report(pl_module, records.to(pl_module.device), "sweep", f"controllability_step{step}")
 
     def state_dict(self) -> dict[str, int]:
         return {"last_sweep": self._last_sweep}

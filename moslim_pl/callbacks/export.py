@@ -8,6 +8,7 @@ from pathlib import Path
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from moslim_pl.callbacks.progress import progress
+from moslim_pl.callbacks.stats import RewardStatsCallback
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,6 @@ class ExportCallback(Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / "export"
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        from moslim_pl.callbacks.stats import RewardStatsCallback
-
         stats = [callback for callback in trainer.callbacks if isinstance(callback, RewardStatsCallback)]
         folder = self.resolve_dirpath(trainer)
         # one step per statistics pass (each shows its own bar), one for the export itself

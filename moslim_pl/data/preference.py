@@ -11,30 +11,27 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
-from collections.abc import Callable, Sequence
-from dataclasses import replace
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-import torch
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from moslim_pl.data.collate import RewardExample, collate_reward_batch
+from moslim_pl.data.common import (
+    TokenizedDataModule,
+    check_loader_args,
+    describe,
+    prefetch_sources,
+    seeded_loader,
+    take_sources,
+    train_val_rows,
+)
 from moslim_pl.data.encoding import PairEncoding
+from moslim_pl.data.rows import Columns, DataError, DataSource, PreferenceRow, SyntheticConfig
 from moslim_pl.data.samplers import LengthGroupedSampler, ResumableSampler, SamplerStateMixin
 from moslim_pl.data.schemas import convert_source
-from moslim_pl.data.sources import (
-    Columns,
-    DataError,
-    DataSource,
-    PreferenceRow,
-    SyntheticConfig,
-    load_source,
-    read_rows,
-    resolve_dimensions,
-)
+from moslim_pl.data.sources import load_source, read_rows, resolve_dimensions
 from moslim_pl.data.types import ALL_HEADS, IGNORE_LABEL
 from moslim_pl.errors import MoslimError
 from moslim_pl.schema import Dimension, describe_dimensions
@@ -42,101 +39,8 @@ from moslim_pl.utils.hparams import as_dataclass, plain_hparams
 
 log = logging.getLogger(__name__)
 
-R = TypeVar("R")
 
-
-def split_by_prompt(
-    rows: Sequence[PreferenceRow], val_fraction: float, seed: int, description: str = "source"
-) -> tuple[list[PreferenceRow], list[PreferenceRow]]:
-    """Split rows so that no prompt is on both sides; about ``val_fraction`` of the prompts go to val.
-
-    Deterministic for a given ``seed``: distinct prompts (in first-seen order) are shuffled with it and
-    the first ``round(val_fraction * num_prompts)`` of them (at least one, never all) form validation.
-    """
-    prompts = list(dict.fromkeys(row.prompt for row in rows))
-    if len(prompts) < 2:
-        raise DataError(
-            f"{description}: a prompt-disjoint split needs at least 2 distinct prompts, got {len(prompts)}"
-        )
-    random.Random(seed).shuffle(prompts)
-    num_val = min(max(1, round(val_fraction * len(prompts))), len(prompts) - 1)
-    val_prompts = set(prompts[:num_val])
-    train = [row for row in rows if row.prompt not in val_prompts]
-    val = [row for row in rows if row.prompt in val_prompts]
-    return train, val
-
-
-def train_val_rows(
-    read: Callable[[DataSource], list[R]],
-    source: DataSource | Sequence[DataSource],
-    val_source: DataSource | None,
-    val_fraction: float,
-    seed: int,
-) -> tuple[list[R], list[R]]:
-    """Rows of ``source`` (several: their concatenation) split by prompt, or ``source`` and ``val_source``
-    when one is given.
-
-    ``read`` turns a source into rows with a ``prompt`` attribute; prompts on both sides of a given
-    ``val_source`` are allowed but logged, since they inflate validation scores.
-    """
-    sources = [source] if isinstance(source, DataSource) else list(source)
-    train = [row for src in sources for row in read(src)]
-    if val_source is None:
-        return split_by_prompt(train, val_fraction, seed, describe(sources))
-    val = read(val_source)
-    shared = {row.prompt for row in train} & {row.prompt for row in val}
-    if shared:
-        log.warning("%d prompt(s) appear in both the train and the val source", len(shared))
-    return train, val
-
-
-def prefetch_sources(sources: Sequence[DataSource | None], trust_remote_code: bool) -> None:
-    """``prepare_data``: hub sources download here once per node, before ``setup`` runs on every rank."""
-    for source in sources:
-        if source is not None and not source.is_synthetic:
-            load_source(source, trust_remote_code=trust_remote_code)
-
-
-def check_loader_args(
-    val_source: DataSource | None, val_fraction: float, num_workers: int, **at_least_one: int | None
-) -> None:
-    """The datamodules' shared argument checks; ``at_least_one`` names sizes that must be >= 1 when set."""
-    if val_source is None and not 0.0 < val_fraction < 1.0:
-        raise MoslimError(f"val_fraction must be in (0, 1) when no val_source is given, got {val_fraction}")
-    for name, value in at_least_one.items():
-        if value is not None and value < 1:
-            raise MoslimError(f"{name} must be at least 1, got {value}")
-    if num_workers < 0:
-        raise MoslimError(f"num_workers must be non-negative, got {num_workers}")
-
-
-def describe(sources: Sequence[DataSource]) -> str:
-    """The sources' names joined, for messages."""
-    return " + ".join(src.describe() for src in sources)
-
-
-def take_sources(
-    module: LightningDataModule, source: Any, val_source: Any, synthetic: Any, reads_schemas: bool = False
-) -> None:
-    """Set ``source``, ``val_source`` and ``synthetic`` on a datamodule, keeping plain dicts in its hparams
-    (so checkpoints load with ``torch.load(weights_only=True)``).
-
-    Only a datamodule that ``reads_schemas`` accepts a source with a dataset ``schema``; the others
-    would silently read its raw columns.
-    """
-    plain_hparams(module.hparams, ("source", "val_source", "synthetic"))
-    module.source = as_dataclass(DataSource, source) or DataSource()
-    module.val_source = as_dataclass(DataSource, val_source)
-    module.synthetic = as_dataclass(SyntheticConfig, synthetic) or SyntheticConfig()
-    for src in (module.source, module.val_source):
-        if not reads_schemas and src is not None and src.schema is not None:
-            raise MoslimError(
-                f"{type(module).__name__} reads the raw columns of {src.describe()!r}: dataset schemas "
-                f"(here {src.schema!r}) are read by PreferenceDataModule only; remove `schema`"
-            )
-
-
-class PreferenceDataModule(SamplerStateMixin, LightningDataModule):
+class PreferenceDataModule(SamplerStateMixin, TokenizedDataModule):
     """Pointwise and pairwise preference data for the multi-head reward model.
 
     Args:
@@ -178,6 +82,9 @@ class PreferenceDataModule(SamplerStateMixin, LightningDataModule):
             the batches then shuffled; seeded, resumable and sharded like the default order). Changes
             the batches' composition, hence the results; validation is unaffected. Off by default.
     """
+
+    encoding_class = PairEncoding
+    needs_pad_token = True
 
     def __init__(
         self,
@@ -261,9 +168,7 @@ class PreferenceDataModule(SamplerStateMixin, LightningDataModule):
             return
         self._take_model_settings()
         self.tokenizer = self._load_tokenizer()
-        train_rows, val_rows = train_val_rows(
-            self._read, self.sources, self.val_source, self.val_fraction, self.seed
-        )
+        train_rows, val_rows = self.split_rows()
         self._check_every_head_has_labels(train_rows)
         self.train_dataset = self._encode(train_rows)
         self.val_dataset = self._encode(val_rows)
@@ -297,13 +202,8 @@ class PreferenceDataModule(SamplerStateMixin, LightningDataModule):
 
     def _take_model_settings(self) -> None:
         """Fill unset tokenization settings from the LightningModule: the RM decides how it reads text."""
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        self._check_model_dimensions(module)
-        if self.tokenizer_name is None:
-            self.tokenizer_name = getattr(module, "tokenizer_name", "moslim/tiny-llama")
-        base = getattr(module, "encoding", None) or PairEncoding()
-        overrides = {k: v for k, v in self._encoding_overrides.items() if v is not None}
-        self.encoding = replace(base, **overrides)
+        self._check_model_dimensions(self._lightning_module())
+        super()._take_model_settings()
 
     def _check_model_dimensions(self, module: Any) -> None:
         """The reward model's heads, when already built (``model.dimensions``, or a checkpoint's), must be
@@ -323,17 +223,9 @@ class PreferenceDataModule(SamplerStateMixin, LightningDataModule):
                 "to the checkpoint's)"
             )
 
-    def _load_tokenizer(self) -> PreTrainedTokenizerBase:
-        from moslim_pl.models.backbone import load_tokenizer
-
-        tokenizer = load_tokenizer(self.tokenizer_name, trust_remote_code=self.trust_remote_code)
-        if tokenizer.pad_token_id is None:
-            raise MoslimError(f"tokenizer {self.tokenizer_name!r} has no pad token")
-        if self.encoding.chat_template and not getattr(tokenizer, "chat_template", None):
-            raise MoslimError(
-                f"chat_template=True but tokenizer {self.tokenizer_name!r} has no chat template"
-            )
-        return tokenizer
+    def split_rows(self) -> tuple[list[PreferenceRow], list[PreferenceRow]]:
+        """The (train, val) rows of the sources, split by prompt unless a ``val_source`` is given."""
+        return train_val_rows(self._read, self.sources, self.val_source, self.val_fraction, self.seed)
 
     def _read(self, source: DataSource) -> list[PreferenceRow]:
         dataset = load_source(source, self.synthetic, self.trust_remote_code)
@@ -360,19 +252,9 @@ class PreferenceDataModule(SamplerStateMixin, LightningDataModule):
     def _loader(
         self, dataset: list[RewardExample] | None, batch_size: int, sampler: ResumableSampler | None = None
     ) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("the datasets are built in setup(); call setup('fit') first")
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=sampler,
-            # The loader draws its workers' base seed from this generator each pass, not from the global
-            # RNG that training draws from (as the shuffling loader this sampler replaced did).
-            generator=torch.Generator().manual_seed(self.seed) if sampler is not None else None,
-            collate_fn=functools.partial(collate_reward_batch, pad_token_id=self.pad_token_id),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        collate = functools.partial(collate_reward_batch, pad_token_id=self.pad_token_id)
+        seed = self.seed if sampler is not None else None
+        return seeded_loader(dataset, batch_size, collate, self.num_workers, seed=seed, sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, self.batch_size, self.sampler)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from moslim_pl.data.messages import MESSAGES_COLUMN, Prompt, messages_prompt, parse_prompt_prefix, prompt_cell
-from moslim_pl.data.sources import DataError
+from moslim_pl.data.rows import DataError
 from moslim_pl.errors import MoslimError
 from moslim_pl.schema import Dimension
 

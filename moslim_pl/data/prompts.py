@@ -22,6 +22,7 @@ import datasets
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from moslim_pl.data.common import check_loader_args, prefetch_sources, split_by_prompt, take_sources
 from moslim_pl.data.messages import (
     MESSAGES_COLUMN,
     Prompt,
@@ -32,17 +33,11 @@ from moslim_pl.data.messages import (
     prompt_cell,
     strip_prompt_prefix,
 )
-from moslim_pl.data.preference import check_loader_args, prefetch_sources, split_by_prompt, take_sources
 from moslim_pl.data.prompt_file import read_prompt_file
+from moslim_pl.data.rows import DataError, DataSource, SyntheticConfig, check_text
 from moslim_pl.data.samplers import ResumableSampler, SamplerStateMixin
-from moslim_pl.data.sources import (
-    DataError,
-    DataSource,
-    SyntheticConfig,
-    check_text,
-    load_source,
-    resolve_dimensions,
-)
+from moslim_pl.data.sources import load_source, resolve_dimensions
+from moslim_pl.data.synthetic import generate_prompts, oracle
 from moslim_pl.errors import MoslimError
 from moslim_pl.prefix import PrefixError
 from moslim_pl.schema import Dimension, check_dimensions, describe_dimensions
@@ -280,8 +275,6 @@ class PromptDataModule(SamplerStateMixin, LightningDataModule):
         description = source.describe()
         name = self.prompt_column
         if source.is_synthetic:
-            from moslim_pl.data.synthetic import generate_prompts
-
             if source.max_rows is not None and source.max_rows < 1:
                 raise DataError(f"{description}: max_rows must be at least 1, got {source.max_rows}")
             num = self.synthetic.num_prompts
@@ -314,8 +307,6 @@ class PromptDataModule(SamplerStateMixin, LightningDataModule):
         """The synthetic world's exact oracle for a synthetic source, else ``None`` (the sweep uses it)."""
         if not self.source.is_synthetic:
             return None
-        from moslim_pl.data.synthetic import oracle
-
         return oracle
 
     def _read_predict_file(self) -> list[Prompt]:

@@ -34,7 +34,7 @@ from typing import Any
 
 import datasets
 
-from moslim_pl.data.sources import DataError, DataSource, PreferenceRow, check_label, check_text, parse_label
+from moslim_pl.data.rows import DataError, DataSource, PreferenceRow, check_label, check_text, parse_label
 from moslim_pl.data.types import ALL_HEADS, IGNORE_LABEL
 from moslim_pl.schema import Dimension
 

@@ -15,16 +15,23 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import datasets
 import torch
-from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from moslim_pl.data.common import (
+    TokenizedDataModule,
+    check_loader_args,
+    prefetch_sources,
+    seeded_loader,
+    take_sources,
+    train_val_rows,
+)
 from moslim_pl.data.messages import (
     MESSAGES_COLUMN,
     Prompt,
@@ -33,17 +40,10 @@ from moslim_pl.data.messages import (
     assistant_text,
     split_messages,
 )
-from moslim_pl.data.preference import check_loader_args, prefetch_sources, take_sources, train_val_rows
 from moslim_pl.data.prompt_encoding import encode_prompts
 from moslim_pl.data.prompts import read_prompts, read_texts
-from moslim_pl.data.sources import (
-    DataError,
-    DataSource,
-    SyntheticConfig,
-    load_source,
-    parse_label,
-    resolve_dimensions,
-)
+from moslim_pl.data.rows import DataError, DataSource, SyntheticConfig, parse_label
+from moslim_pl.data.sources import load_source, resolve_dimensions
 from moslim_pl.data.types import IGNORE_LABEL
 from moslim_pl.errors import MoslimError
 from moslim_pl.schema import Dimension
@@ -227,7 +227,7 @@ def _read_pairs(
     return prompts, responses
 
 
-class SFTDataModule(LightningDataModule):
+class SFTDataModule(TokenizedDataModule):
     """(prompt, response) rows for supervised fine-tuning of the policy (loss on the response only).
 
     Args:
@@ -253,6 +253,8 @@ class SFTDataModule(LightningDataModule):
         dimensions: the schema of ``label_prefix`` (label columns, ranges, coarsening); defaults to the
             synthetic world's for a synthetic source.
     """
+
+    encoding_class = SFTEncoding
 
     def __init__(
         self,
@@ -322,26 +324,6 @@ class SFTDataModule(LightningDataModule):
         into ``prompt`` later from ``targets``): the training prompts are ``{r.prompt for r in train}``."""
         return train_val_rows(self._read, self.source, self.val_source, self.val_fraction, self.seed)
 
-    def _take_model_settings(self) -> None:
-        """Fill unset settings from the LightningModule: the policy decides how it reads text."""
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if self.tokenizer_name is None:
-            self.tokenizer_name = getattr(module, "tokenizer_name", "moslim/tiny-llama")
-        base = getattr(module, "encoding", None)
-        base = base if isinstance(base, SFTEncoding) else SFTEncoding()
-        overrides = {k: v for k, v in self._encoding_overrides.items() if v is not None}
-        self.encoding = replace(base, **overrides)
-
-    def _load_tokenizer(self) -> PreTrainedTokenizerBase:
-        from moslim_pl.models.backbone import load_tokenizer
-
-        tokenizer = load_tokenizer(self.tokenizer_name, trust_remote_code=self.trust_remote_code)
-        if self.encoding.chat_template and not getattr(tokenizer, "chat_template", None):
-            raise MoslimError(
-                f"chat_template=True but tokenizer {self.tokenizer_name!r} has no chat template"
-            )
-        return tokenizer
-
     def _read(self, source: DataSource) -> list[SFTRow]:
         dataset = load_source(source, self.synthetic, self.trust_remote_code)
         description = source.describe()
@@ -369,18 +351,10 @@ class SFTDataModule(LightningDataModule):
         return self.encoding.encode(self.tokenizer, [r.prompt for r in rows], [r.response for r in rows])
 
     def _loader(self, dataset: list[SFTExample] | None, batch_size: int, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("the datasets are built in setup(); call setup('fit') first")
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            # a fresh seeded generator per loader makes the epoch order reproducible without global seeding
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            collate_fn=functools.partial(collate_sft_batch, pad_token_id=self.tokenizer.pad_token_id),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        # a fresh seeded generator per loader makes the epoch order reproducible without global seeding
+        collate = functools.partial(collate_sft_batch, pad_token_id=self.tokenizer.pad_token_id)
+        seed = self.seed if shuffle else None
+        return seeded_loader(dataset, batch_size, collate, self.num_workers, seed=seed, shuffle=shuffle)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, self.batch_size, shuffle=True)

@@ -26,111 +26,51 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import datasets
 
 from moslim_pl.data.messages import Messages, assistant_text, is_conversation, split_implicit, to_messages
+from moslim_pl.data.rows import (
+    SYNTHETIC,
+    Columns,
+    DataError,
+    DataSource,
+    PreferenceRow,
+    SyntheticConfig,
+    cell_where,
+    check_label,
+    check_text,
+    parse_label,
+)
+from moslim_pl.data.schemas import get_schema
+from moslim_pl.data.synthetic import DIMENSIONS, generate_rows
 from moslim_pl.data.types import ALL_HEADS, IGNORE_LABEL
 from moslim_pl.errors import MoslimError
 from moslim_pl.schema import Dimension, check_dimensions
 
 log = logging.getLogger(__name__)
 
+# The row types and checks live in moslim_pl.data.rows; they are named here too, where a reader of sources
+# looks for them (``from moslim_pl.data.sources import DataSource``).
+__all__ = [
+    "SYNTHETIC",
+    "Columns",
+    "DataError",
+    "DataSource",
+    "PreferenceRow",
+    "SyntheticConfig",
+    "check_label",
+    "check_text",
+    "load_source",
+    "parse_label",
+    "read_rows",
+    "resolve_dimensions",
+]
 
-SYNTHETIC = "synthetic"
-_MISSING_STRINGS = frozenset({"", "n/a", "na", "nan", "none", "null"})
+
 # datasets.load_dataset does not take a bare file as ``path``; users expect it to.
 _BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-class DataError(MoslimError):
-    """A source cannot be loaded or one of its rows does not fit the schema (always one line)."""
-
-
-@dataclass
-class DataSource:
-    """Arguments of ``datasets.load_dataset``, plus the embedded synthetic world.
-
-    Args:
-        path: ``"synthetic"`` (the embedded world), a builder (``"json"``, ``"csv"``, ``"parquet"``) used
-            with ``data_files``, a single local data file, a local folder or a hub id.
-        name: the dataset configuration name.
-        data_dir: a folder inside the dataset (``load_dataset``'s ``data_dir``; e.g. ``harmless-base``
-            of ``Anthropic/hh-rlhf``).
-        data_files: file(s) for a builder path.
-        split: the split to read.
-        revision: git revision of a hub dataset.
-        max_rows: keep only the first ``max_rows`` rows.
-        schema: read the rows with a dataset schema's converter (``helpsteer``, ``helpsteer2``,
-            ``ultrafeedback``, ``pku_saferlhf``, ``hh_rlhf``; see ``moslim_pl.data.schemas``) instead of
-            detecting the row kind from the columns. Only the reward model's datamodule reads schemas.
-        schema_options: keyword options of the schema's converter (e.g. ``{dimension: harmlessness}``
-            for ``hh_rlhf``).
-    """
-
-    path: str = SYNTHETIC
-    name: str | None = None
-    data_dir: str | None = None
-    data_files: str | list[str] | None = None
-    split: str = "train"
-    revision: str | None = None
-    max_rows: int | None = None
-    schema: str | None = None
-    schema_options: dict[str, Any] | None = None
-
-    @property
-    def is_synthetic(self) -> bool:
-        return self.path == SYNTHETIC
-
-    def describe(self) -> str:
-        """Short name for messages, e.g. ``json:data.jsonl`` or ``nvidia/HelpSteer[validation]``."""
-        text = self.path if self.name is None else f"{self.path}/{self.name}"
-        if self.data_dir is not None:
-            text += f"/{self.data_dir}"
-        if self.data_files:
-            files = [self.data_files] if isinstance(self.data_files, str) else list(self.data_files)
-            text += ":" + files[0] + (f" (+{len(files) - 1} more)" if len(files) > 1 else "")
-        if self.split != "train":
-            text += f"[{self.split}]"
-        return text
-
-
-@dataclass
-class SyntheticConfig:
-    """Size and noise of the embedded synthetic preference world (see ``moslim_pl.data.synthetic``)."""
-
-    num_prompts: int = 300
-    responses_per_prompt: int = 4
-    seed: int = 0
-    label_noise: float = 0.0
-
-
-class PreferenceRow(NamedTuple):
-    """One validated row: a prompt, one (pointwise) or two (chosen, rejected) responses and their classes."""
-
-    prompt: str | Messages
-    """Text, or a conversation ending with the user turn the responses answer."""
-    responses: tuple[str, ...]
-    labels: tuple[tuple[int, ...], ...]
-    """[len(responses)][K] class index per head, or ``IGNORE_LABEL``."""
-    pair_dim: int | None
-    """Head judging the pair, ``ALL_HEADS``, or ``None`` for a pointwise row."""
-    margin: float = 0.0
-    """How far the chosen response's score should exceed the rejected one's (pairs; TRL's ``margin``)."""
-
-
-@dataclass(frozen=True)
-class Columns:
-    """Column names of the two row kinds (the datamodule's ``*_column`` arguments)."""
-
-    prompt: str = "prompt"
-    response: str = "response"
-    chosen: str = "chosen"
-    rejected: str = "rejected"
-    pair_dimension: str | None = None
-    margin: str = "margin"
 
 
 def load_source(
@@ -141,8 +81,6 @@ def load_source(
     if source.max_rows is not None and source.max_rows < 1:
         raise DataError(f"{desc}: max_rows must be at least 1, got {source.max_rows}")
     if source.is_synthetic:
-        from moslim_pl.data.synthetic import generate_rows
-
         cfg = synthetic or SyntheticConfig()
         rows = generate_rows(cfg.num_prompts, cfg.responses_per_prompt, cfg.seed, cfg.label_noise)
         dataset = datasets.Dataset.from_list(rows)
@@ -182,32 +120,6 @@ def _is_blank(file: str, chunk: int = 1 << 16) -> bool:
             if block.strip():
                 return False
     return True
-
-
-def parse_label(value: Any) -> int | None:
-    """Integer label of a raw cell, ``None`` when missing; raises ``ValueError`` if not an integer.
-
-    Ints, integral floats (``3.0``, what csv and pandas produce) and integral strings (``"3"``) are
-    accepted; ``None``, NaN and ``"N/A"``-like strings mean missing.
-    """
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    number = value
-    if isinstance(value, str):
-        if value.strip().lower() in _MISSING_STRINGS:
-            return None
-        try:
-            number = float(value)
-        except ValueError:
-            raise ValueError(f"label {value!r} is not an integer") from None
-    if isinstance(number, float):
-        if math.isnan(number):
-            return None
-        if number.is_integer():
-            return int(number)
-    raise ValueError(f"label {value!r} is not an integer")
 
 
 def read_rows(
@@ -269,7 +181,7 @@ def read_rows(
             raise DataError(str(err)) from None
         labels = tuple(
             tuple(
-                check_label(dim, table[c][i], _where(description, i, c)) if c in table else IGNORE_LABEL
+                check_label(dim, table[c][i], cell_where(description, i, c)) if c in table else IGNORE_LABEL
                 for dim, c in zip(dimensions, cols, strict=True)
             )
             for cols in label_columns
@@ -279,13 +191,13 @@ def read_rows(
             value = table[pair_column][i]
             name = "" if value is None else str(value).strip()
             if name and name not in dim_index:
-                where = _where(description, i, pair_column)
+                where = cell_where(description, i, pair_column)
                 raise DataError(f"{where}: unknown dimension {value!r} (known: {', '.join(dim_index)})")
             if name:
                 pair_dim = dim_index[name]
         margin = 0.0
         if margin_column is not None and table[margin_column][i] is not None:
-            margin = _margin(table[margin_column][i], _where(description, i, margin_column))
+            margin = _margin(table[margin_column][i], cell_where(description, i, margin_column))
         rows.append(PreferenceRow(prompt, texts, labels, pair_dim, margin))
     return rows
 
@@ -323,33 +235,6 @@ def _margin(value: Any, where: str) -> float:
     return margin
 
 
-def _where(description: str, row: int, column: str) -> str:
-    return f"{description} row {row}, column {column!r}"
-
-
-def check_text(value: Any, where: str) -> str:
-    """``value`` if it is non-empty text, else a one-line ``DataError`` at ``where``."""
-    if not isinstance(value, str):
-        kind = "missing" if value is None else f"not text ({type(value).__name__})"
-        raise DataError(f"{where}: {kind}")
-    if not value.strip():
-        raise DataError(f"{where}: empty text")
-    return value
-
-
-def check_label(dim: Dimension, value: Any, where: str) -> int:
-    """Class index of a raw label cell for ``dim`` (``IGNORE_LABEL`` when missing); bad ones raise ``DataError``."""
-    try:
-        raw = parse_label(value)
-    except ValueError as err:
-        raise DataError(f"{where}: {err}") from None
-    if raw is None:
-        return IGNORE_LABEL
-    if not dim.low <= raw <= dim.high:
-        raise DataError(f"{where}: label {raw} outside {dim.low}..{dim.high}")
-    return dim.label_to_class(raw)
-
-
 def resolve_dimensions(
     dimensions: Sequence[Dimension] | None, source: DataSource, *more: DataSource
 ) -> tuple[Dimension, ...]:
@@ -364,12 +249,8 @@ def resolve_dimensions(
     found: dict[str, tuple[Dimension, str]] = {}
     for src in (source, *more):
         if src.schema is not None:
-            from moslim_pl.data.schemas import get_schema
-
             own = get_schema(src).dimensions_for(src.schema_options)
         elif src.is_synthetic:
-            from moslim_pl.data.synthetic import DIMENSIONS
-
             own = tuple(DIMENSIONS)
         else:
             raise MoslimError(

@@ -164,7 +164,7 @@ def training_prompts(run: str | Path) -> set[str]:
     from jsonargparse import ArgumentParser
     from lightning.pytorch import LightningDataModule
 
-    from moslim_pl.data.preference import PreferenceDataModule, train_val_rows
+    from moslim_pl.data.preference import PreferenceDataModule
     from moslim_pl.data.prompts import PromptDataModule
     from moslim_pl.data.sft import SFTDataModule
     from moslim_pl.prefix import strip_prefix
@@ -182,7 +182,7 @@ def training_prompts(run: str | Path) -> set[str]:
     elif isinstance(data, SFTDataModule):
         prompts = [row.prompt for row in data.split_rows()[0]]
     elif isinstance(data, PreferenceDataModule):
-        rows = train_val_rows(data._read, data.sources, data.val_source, data.val_fraction, data.seed)[0]
+        rows = data.split_rows()[0]
         prompts = [row.prompt for row in rows]
     else:
         raise MoslimError(f"train_runs: {run} trains on {type(data).__name__}, which the overlap cannot read")

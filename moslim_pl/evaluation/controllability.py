@@ -12,7 +12,6 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -184,37 +183,6 @@ def write(table: dict[str, dict], out_dir: str | Path, name: str = "controllabil
         figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
     return json_path, png_path
-
-
-def report(module: Any, records: Tensor, tag: str, name: str) -> dict[str, dict]:
-    """Gather a LightningModule's sweep records from every rank, summarize, log and write them.
-
-    Logs ``<tag>/spearman_oracle/<dim>`` and ``<tag>/spearman_rm/<dim>`` through ``module.log``, a
-    figure ``<tag>/controllability`` to the loggers that take figures (``callbacks/media.py``), and writes ``<name>.json`` / ``<name>.png`` into the
-    trainer's log dir (rank 0). ``records [M, 4]`` (:func:`sweep_records`) must have the same ``M`` on
-    every rank (a distributed sampler pads the ranks evenly). Returns the table.
-    """
-    gathered = module.all_gather(records)
-    records = gathered.flatten(0, 1) if gathered.dim() == 3 else gathered
-    table = summarize(module.rm.dimensions, records.double().cpu())
-    for dim, row in table.items():
-        module.log(f"{tag}/spearman_rm/{dim}", row["spearman_rm"], rank_zero_only=True)
-        if row["spearman_oracle"] is not None:
-            module.log(f"{tag}/spearman_oracle/{dim}", row["spearman_oracle"], rank_zero_only=True)
-    trainer = module.trainer
-    # trainer.log_dir broadcasts from rank 0: a collective that every rank must join
-    out_dir = Path(trainer.log_dir or trainer.default_root_dir)
-    if trainer.is_global_zero:
-        json_path, _ = write(table, out_dir, name)
-        log.info("controllability (%s):\n%s\nwrote %s", tag, format_table(table), json_path)
-        from moslim_pl.callbacks import media
-        from moslim_pl.evaluation.plots import plt
-
-        if trainer.loggers:
-            figure = plot(table)
-            media.log_figure(trainer.loggers, f"{tag}/controllability", figure, trainer.global_step)
-            plt.close(figure)
-    return table
 
 
 def main(argv: list[str] | None = None) -> None:

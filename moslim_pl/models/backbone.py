@@ -29,6 +29,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from moslim_pl.data.synthetic import vocabulary
 from moslim_pl.errors import MoslimError
 
 log = logging.getLogger(__name__)
@@ -234,8 +235,6 @@ def load_tokenizer(
     A tokenizer without a pad token pads with its eos token (padding is always masked out).
     """
     if name_or_path in TINY_BACKBONES:
-        from moslim_pl.data.synthetic import vocabulary  # lazy: the synthetic world is only needed here
-
         return build_word_tokenizer(vocabulary())
     _check_local(name_or_path, "tokenizer")
     name_or_path, gguf_file = resolve_offline(name_or_path, gguf_file)

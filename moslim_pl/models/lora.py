@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from moslim_pl.errors import MoslimError
+from moslim_pl.models.sharding import full_state_dict
 
 
 @dataclass
@@ -85,8 +86,6 @@ def merged_copy(model: nn.Module, state: dict[str, Tensor] | None = None) -> nn.
     on the ranks that write nothing), e.g. a reward model's backbone gathered with the whole RM. Its
     tensors are left as they are (the merge writes new ones), so it may share storage with a live model.
     """
-    from moslim_pl.models.sharding import full_state_dict
-
     private = state is None  # gathered here: nobody else holds these tensors, so merge in place
     if state is None:
         state = full_state_dict(model)

@@ -31,6 +31,7 @@ from moslim_pl.models.compat import accepted_arguments, base_model, positions_fr
 from moslim_pl.models.io import refuse_sequence_classification
 from moslim_pl.models.lora import is_lora, merged_copy
 from moslim_pl.models.sharding import is_sharded
+from moslim_pl.rewards.mapping import map_rewards, resolve_targets
 from moslim_pl.schema import Dimension, check_dimensions, default_targets
 from moslim_pl.utils.io import atomic_folder
 
@@ -228,8 +229,6 @@ class MultiHeadRewardModel(nn.Module):
             aggregation: ``mean`` (the paper's) or ``min`` of the named dimensions' terms
                 (``moslim_pl.rewards.mapping.AGGREGATIONS``).
         """
-        from moslim_pl.rewards.mapping import map_rewards, resolve_targets
-
         if self.tokenizer is None:
             raise MoslimError("score() needs a tokenizer: pass tokenizer= to MultiHeadRewardModel")
         if len(prompts) != len(responses) or (targets is not None and len(targets) != len(prompts)):

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 
 from moslim_pl.errors import MoslimError
+from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
+from moslim_pl.models.io import save_pretrained_atomic
 
 
 def check_lambdas(lambdas: Sequence[float], count: int) -> list[float]:
@@ -64,9 +66,6 @@ def soup_exports(policies: Sequence[str], lambdas: Sequence[float], out: str | P
 
     The first policy's config and tokenizer are kept; all must share the architecture (one SFT start).
     """
-    from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
-    from moslim_pl.models.io import save_pretrained_atomic
-
     if not policies:
         raise MoslimError("need at least one policy to interpolate")
     check_lambdas(lambdas, len(policies))

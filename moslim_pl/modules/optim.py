@@ -9,6 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from moslim_pl.callbacks.throughput import ThroughputCallback
+from moslim_pl.errors import MoslimError
+
 
 def adamw_with_warmup(
     named_parameters: Iterable[tuple[str, nn.Parameter]],
@@ -65,8 +68,6 @@ class WarmupDecayLR(torch.optim.lr_scheduler.LambdaLR):
         min_lr_ratio: float = 0.0,
         last_epoch: int = -1,
     ) -> None:
-        from moslim_pl.errors import MoslimError
-
         if decay not in DECAYS:
             raise MoslimError(f"WarmupDecayLR: unknown decay {decay!r}; expected one of {', '.join(DECAYS)}")
         if decay != "constant" and (total_steps is None or total_steps <= warmup_steps):
@@ -126,8 +127,6 @@ class OptimizerLogging:
     ``train/samples_per_s`` (a ``ThroughputCallback``). The RL stages log them themselves."""
 
     def configure_callbacks(self) -> list[Any]:
-        from moslim_pl.callbacks.throughput import ThroughputCallback
-
         return [ThroughputCallback()]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

@@ -28,6 +28,7 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import Tensor, nn
 
 from moslim_pl.callbacks import media
+from moslim_pl.callbacks.controllability import report as report_controllability
 from moslim_pl.callbacks.predictions import PredictionWriter
 from moslim_pl.callbacks.progress import progress
 from moslim_pl.callbacks.throughput import ThroughputCallback
@@ -360,7 +361,7 @@ class PolicyModule(LightningModule):
 
     def on_test_epoch_end(self) -> None:
         local = torch.cat(self._test_records) if self._test_records else torch.zeros(0, 4, device=self.device)
-        controllability.report(self, local, "test", "controllability")
+        report_controllability(self, local, "test", "controllability")
 
     # ------------------------------------------------------------------ generation for users (predict)
     def configure_callbacks(self) -> list[Callback]:
