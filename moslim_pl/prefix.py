@@ -1,4 +1,4 @@
-"""Prefix grammar: ``<name level>`` tags at the very start of a prompt (DESIGN §3).
+"""Prefix grammar: ``<name level>`` tags at the very start of a prompt (``docs/user_guide.md``, "Prefixes").
 
 ``<helpfulness 4> <verbosity 1> Explain ...`` requests level 4 of helpfulness and level 1 of
 verbosity; the text after the tags is the prompt. Tags are separated by one space and one space

@@ -63,7 +63,7 @@ class RewardOutput(NamedTuple):
     """[N, K] bool, the head's argmax equals the requested class (False where nothing is requested)."""
 
 
-# --------------------------------------------------------------------------------------- log-probs, KL
+# ------------------------------------------------------------------------------------------- log-probs
 
 
 def response_logits(

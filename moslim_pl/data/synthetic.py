@@ -1,4 +1,5 @@
-"""The synthetic preference world (DESIGN §4): code-generated prompts and responses with an exact oracle.
+"""The synthetic preference world: code-generated prompts and responses with an exact oracle
+(``docs/user_guide.md``, "The synthetic preference world").
 
 It is the embedded default of the quickstart and of the tests: a closed vocabulary (see
 :func:`vocabulary`), deterministic by seed, and small enough for a 2-layer reward model to learn on

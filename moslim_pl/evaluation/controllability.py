@@ -9,7 +9,6 @@ levels summarizes each dimension: 1 is perfect monotone control, 0 none.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,8 +19,6 @@ from moslim_pl.data.messages import add_prefix
 from moslim_pl.rewards.mapping import expected_level
 from moslim_pl.schema import Dimension
 from moslim_pl.utils.io import atomic_file
-
-log = logging.getLogger(__name__)
 
 Oracle = Callable[[str, str], dict[str, int]]
 Generate = Callable[[list[str]], list[str]]

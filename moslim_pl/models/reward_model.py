@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,6 +29,15 @@ from moslim_pl.models.card import CARD_FILE, reward_model_card
 from moslim_pl.models.compat import accepted_arguments, base_model, positions_from_mask
 from moslim_pl.models.io import refuse_sequence_classification
 from moslim_pl.models.lora import is_lora, merged_copy
+from moslim_pl.models.rm_format import (
+    FORMAT_VERSION,
+    HEADS_FILE,
+    RM_ARCHITECTURE,
+    RM_CONFIG,
+    RM_NOTE,
+    quiet_transformers,
+    read_config,
+)
 from moslim_pl.models.sharding import is_sharded
 from moslim_pl.rewards.mapping import map_rewards, resolve_targets
 from moslim_pl.schema import Dimension, check_dimensions, default_targets
@@ -37,15 +45,6 @@ from moslim_pl.utils.io import atomic_folder
 
 log = logging.getLogger(__name__)
 
-RM_CONFIG = "moslim_rm.json"
-HEADS_FILE = "heads.safetensors"
-FORMAT_VERSION = 1
-RM_ARCHITECTURE = "MoslimMultiHeadRewardModel"
-RM_NOTE = (
-    "A MOSLIM multi-head reward model, not a sequence classifier: load it with "
-    "moslim_pl.models.reward_model.MultiHeadRewardModel.from_pretrained (or, in TRL, "
-    "moslim_pl.integrations.trl.reward_function); AutoModel loads the backbone alone."
-)
 POOLINGS = ("auto", "last", "cls", "mean")
 
 
@@ -362,10 +361,10 @@ class MultiHeadRewardModel(nn.Module):
         folder = Path(folder)
         if not folder.is_dir():
             raise MoslimError(f"cannot load reward model {str(folder)!r}: no such folder")
-        config = _read_config(folder)
+        config = read_config(folder)
         has_tokenizer = any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
         tokenizer = load_tokenizer(str(folder)) if has_tokenizer else None
-        with _quiet_transformers():  # the refusal's empty head tensors are reported as unexpected
+        with quiet_transformers():  # the refusal's empty head tensors are reported as unexpected
             backbone = load_backbone(str(folder), dtype=dtype)
         model = cls(
             backbone,
@@ -386,44 +385,3 @@ class MultiHeadRewardModel(nn.Module):
             )
         model.load_state_dict(state, strict=False)
         return model
-
-
-@contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """transformers' warnings (its loading report) off for the block; errors still show."""
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-
-
-def _read_config(folder: Path) -> dict:
-    """The validated ``moslim_rm.json`` of an export; any problem is a one-line ValueError."""
-    path = folder / RM_CONFIG
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        reason = " ".join(str(err).split())
-        raise MoslimError(
-            f"{str(folder)!r} is not a reward model export: cannot read {RM_CONFIG} ({reason})"
-        ) from err
-    required = ("format_version", "dimensions", "pooling", "encoding")
-    missing = [key for key in required if not isinstance(config, dict) or key not in config]
-    if missing:
-        raise MoslimError(f"invalid {RM_CONFIG} in {str(folder)!r}: missing {', '.join(missing)}")
-    if config["format_version"] != FORMAT_VERSION:
-        raise MoslimError(
-            f"invalid {RM_CONFIG} in {str(folder)!r}: format_version {config['format_version']!r}, "
-            f"this version reads {FORMAT_VERSION}"
-        )
-    try:
-        config["dimensions"] = check_dimensions(config["dimensions"])
-        config["encoding"] = PairEncoding(**config["encoding"])
-    except (TypeError, ValueError) as err:
-        reason = " ".join(str(err).split())
-        raise MoslimError(f"invalid {RM_CONFIG} in {str(folder)!r}: bad dimensions ({reason})") from err
-    return config

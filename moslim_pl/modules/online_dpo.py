@@ -13,7 +13,6 @@ its adapters disabled); the RM is loaded from its export, frozen and never train
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,8 +30,6 @@ from moslim_pl.rollout import (
     rollout_inputs,
     token_logprobs,
 )
-
-log = logging.getLogger(__name__)
 
 _NUM_SAMPLES = 2  # one pair per prompt
 
@@ -107,7 +104,6 @@ class OnlineDPOModule(PolicyModule):
         if hp.beta <= 0:
             raise MoslimError(f"DPO needs beta > 0, got {hp.beta}")
 
-    # ------------------------------------------------------------------ rollouts
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Sequence[str], batch_idx: int) -> Tensor:
         hp = self.hparams
@@ -182,6 +178,3 @@ class OnlineDPOModule(PolicyModule):
         if hp.log_samples_every_n_steps and step % hp.log_samples_every_n_steps == 0:
             self._log_samples(prompts, rollout, scores.reward)
         return loss.detach() if valid.any() else reward.new_zeros(())
-
-    # ------------------------------------------------------------------ validation
-    # ------------------------------------------------------------------ optimisation, export

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -11,6 +12,8 @@ from torch import Tensor, nn
 
 from moslim_pl.callbacks.throughput import ThroughputCallback
 from moslim_pl.errors import MoslimError
+
+log = logging.getLogger(__name__)
 
 
 def adamw_with_warmup(
@@ -132,3 +135,68 @@ class OptimizerLogging:
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.automatic_optimization:
             log_optimizer_step(self, optimizer)
+
+
+class ManualOptimization:
+    """Optimizer steps of a LightningModule that optimizes manually (the RL stages), with the trainer's
+    ``accumulate_grad_batches`` and ``gradient_clip_val`` applied by the module itself.
+
+    The host class calls :meth:`_take_over_trainer_knobs` from ``configure_callbacks`` when fitting, and
+    provides ``hparams.max_grad_norm`` and ``_step_metrics_read`` (whether this step's metrics are read).
+    """
+
+    _accumulate = 1  # micro-batches (rollouts) per optimizer step; the trainer's accumulate_grad_batches
+    _micro_batches = 0  # training batches seen, for the accumulation window (kept in checkpoints)
+    _clip: tuple[float, str] | None = None  # the trainer's gradient_clip_val and algorithm, when set
+
+    def _check_accumulation(self, accumulate: int) -> None:
+        """Refuse ``accumulate_grad_batches`` where a stage cannot accumulate (overridden by stages)."""
+
+    def _take_over_trainer_knobs(self) -> None:
+        """Lightning refuses ``accumulate_grad_batches`` and ``gradient_clip_val`` for manual optimization;
+        these modules apply them themselves (``docs/user_guide.md``, "Lightning's own knobs"): the
+        trainer's values move here and the trainer's are reset, so Lightning's check passes."""
+        trainer = self.trainer
+        accumulate = int(trainer.accumulate_grad_batches)
+        if accumulate != 1:
+            self._check_accumulation(accumulate)
+            self._accumulate = accumulate
+            trainer.accumulate_grad_batches = 1
+        clip = trainer.gradient_clip_val
+        if clip is not None and clip > 0:
+            algorithm = str(getattr(trainer.gradient_clip_algorithm, "value", None) or "norm")
+            self._clip = (float(clip), algorithm)
+            trainer.gradient_clip_val = None
+            log.info(
+                "gradient clipping by %s at %s (the trainer's gradient_clip_val, instead of max_grad_norm=%s)",
+                algorithm,
+                clip,
+                self.hparams.max_grad_norm,
+            )
+
+    def _window(self) -> tuple[bool, bool]:
+        """``(first, last)``: whether this training batch opens an accumulation window (zero the
+        gradients) and whether it closes one (clip and step). Both are True without accumulation."""
+        position = self._micro_batches % self._accumulate
+        return position == 0, position == self._accumulate - 1
+
+    def _accumulated(self, loss: Tensor) -> Tensor:
+        """The loss to back-propagate: ``loss / accumulate_grad_batches`` (the loss itself without)."""
+        return loss if self._accumulate == 1 else loss / self._accumulate
+
+    def _clip_and_step(self, optimizer: Any, scheduler: Any) -> None:
+        """Clip the gradients (the trainer's ``gradient_clip_val`` if set, else ``max_grad_norm``), take the
+        optimizer step and advance the learning-rate schedule (when there is one)."""
+        if self._step_metrics_read:
+            log_optimizer_step(self, optimizer)  # lr and the gradient norm before clipping
+        if self._clip is not None:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self._clip[0], gradient_clip_algorithm=self._clip[1]
+            )
+        elif self.hparams.max_grad_norm is not None:
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm"
+            )
+        optimizer.step()
+        if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step()

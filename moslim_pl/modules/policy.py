@@ -28,21 +28,19 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import Tensor, nn
 
 from moslim_pl.callbacks import media
-from moslim_pl.callbacks.controllability import report as report_controllability
 from moslim_pl.callbacks.predictions import PredictionWriter
-from moslim_pl.callbacks.progress import progress
 from moslim_pl.callbacks.throughput import ThroughputCallback
-from moslim_pl.data.messages import Prompt, is_messages, prompt_json, prompt_text
+from moslim_pl.data.messages import Prompt, is_messages, prompt_text
 from moslim_pl.data.prompt_encoding import resolve_chat_template
 from moslim_pl.errors import MoslimError
-from moslim_pl.evaluation import controllability
 from moslim_pl.models.backbone import TINY_BACKBONES, load_causal_lm, load_tokenizer
 from moslim_pl.models.card import CARD_FILE, policy_card, training_summary
 from moslim_pl.models.io import save_pretrained_atomic
 from moslim_pl.models.lora import LoRAConfig, apply_lora, is_lora, merged_copy, reference_mode
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.models.sharding import is_sharded, shard_mesh, shard_model
-from moslim_pl.modules.optim import adamw_with_warmup, log_optimizer_step
+from moslim_pl.modules.optim import ManualOptimization, adamw_with_warmup
+from moslim_pl.modules.policy_eval import PolicyEvaluation
 from moslim_pl.rewards.mapping import AGGREGATIONS, MAPPINGS
 from moslim_pl.rollout import (
     RewardOutput,
@@ -69,7 +67,7 @@ def _markdown_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-class PolicyModule(LightningModule):
+class PolicyModule(PolicyEvaluation, ManualOptimization, LightningModule):
     """Base of the RL LightningModules; see the module docstring for the contract."""
 
     def _build_models(self) -> None:
@@ -296,74 +294,7 @@ class PolicyModule(LightningModule):
             self.loggers, "rollout/samples", ["prompt", "response", "reward"], rows, self.global_step
         )
 
-    def on_validation_epoch_start(self) -> None:
-        # reward sum, row count, then hits and requested rows per head
-        self._val_totals = torch.zeros(2 + 2 * len(self.rm.names), device=self.device)
-
-    def validation_step(self, batch: Sequence[str], batch_idx: int) -> None:
-        prompts = self._prompts(batch)
-        rollout = self._rollout(prompts, 1, self.hparams.val_temperature)
-        scores = self._score(prompts, rollout)
-        requested = scores.requested >= 0
-        totals = torch.cat(
-            [
-                torch.stack([scores.reward.sum(), scores.reward.new_tensor(float(len(prompts)))]),
-                scores.hit.sum(0).float(),
-                requested.sum(0).float(),
-            ]
-        )
-        self._val_totals += totals
-
-    def on_validation_epoch_end(self) -> None:
-        totals = self.trainer.strategy.reduce(self._val_totals, reduce_op="sum")
-        num_heads = len(self.rm.names)
-        if totals[1] > 0:
-            self.log("val/reward", totals[0] / totals[1])
-        hits, requested = totals[2 : 2 + num_heads], totals[2 + num_heads :]
-        for k, name in enumerate(self.rm.names):
-            if requested[k] > 0:
-                self.log(f"val/hit_rate/{name}", hits[k] / requested[k])
-
-    # ------------------------------------------------------------------ controllability sweep (test loop)
-    def _answer(self, prompts: list[str]) -> list[str]:
-        """One response per prompt at ``val_temperature`` (0: greedy), in ``rm_batch_size`` chunks."""
-        size = self.hparams.rm_batch_size
-        responses: list[str] = []
-        for start in range(0, len(prompts), size):
-            responses += self._rollout(
-                prompts[start : start + size], 1, self.hparams.val_temperature
-            ).responses
-        return responses
-
-    def _rm_levels(self, prompts: list[str], responses: list[str]) -> Tensor:
-        probs = self.rm.score(prompts, responses, batch_size=self.hparams.rm_batch_size).probs
-        return controllability.rm_expected_levels(probs, self.rm.dimensions)
-
-    def sweep_records(self, prompts: Sequence[str], oracle: controllability.Oracle | None = None) -> Tensor:
-        """The controllability sweep's ``[M, 4]`` records for prompts without prefix (see ``evaluation``)."""
-        total = len(prompts) * sum(d.max_level - d.min_level + 1 for d in self.rm.dimensions)
-        with progress(self._trainer, total, "controllability sweep") as advance:
-            return controllability.sweep_records(
-                self.rm.dimensions, list(prompts), self._answer, self._rm_levels, oracle, advance
-            )
-
-    def _datamodule_oracle(self) -> controllability.Oracle | None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        return getattr(datamodule, "oracle", None)
-
-    def on_test_epoch_start(self) -> None:
-        self._test_records: list[Tensor] = []
-
-    def test_step(self, batch: Sequence[str], batch_idx: int) -> None:
-        """A batch of held-out prompts WITHOUT prefix, swept over every dimension and level."""
-        records = self.sweep_records(self._prompts(batch), self._datamodule_oracle())
-        self._test_records.append(records.to(self.device))
-
-    def on_test_epoch_end(self) -> None:
-        local = torch.cat(self._test_records) if self._test_records else torch.zeros(0, 4, device=self.device)
-        report_controllability(self, local, "test", "controllability")
-
-    # ------------------------------------------------------------------ generation for users (predict)
+    # ------------------------------------------------------------------ callbacks (predict, trainer knobs)
     def configure_callbacks(self) -> list[Callback]:
         """``moslim-pl predict`` always writes ``predictions.jsonl``: a :class:`PredictionWriter` is added
         when the trainer has no prediction writer of its own (a training config need not list one).
@@ -381,82 +312,6 @@ class PolicyModule(LightningModule):
         if any(isinstance(callback, BasePredictionWriter) for callback in trainer.callbacks):
             return []
         return [PredictionWriter()]
-
-    def predict_step(self, batch: Sequence[Any], batch_idx: int) -> list[dict[str, Any]]:
-        """Rows ``{"index", "prompt"}`` (or plain prompt strings) -> ``{"index", "prompt", "response",
-        "reward", "levels"}``: the response at ``val_temperature`` and what the RM reads in it."""
-        rows = [row if isinstance(row, dict) else {"index": None, "prompt": row} for row in batch]
-        prompts = self._prompts([row["prompt"] for row in rows])
-        rollout = self._rollout(prompts, 1, self.hparams.val_temperature)
-        scores = self._score(prompts, rollout)
-        levels = controllability.rm_expected_levels(scores.probs, self.rm.dimensions)
-        return [
-            {
-                "index": row["index"],
-                "prompt": prompt_json(row["prompt"]),  # a conversation: its list of messages
-                "response": response,
-                "reward": float(scores.reward[i]),
-                "levels": {name: round(float(levels[i, k]), 3) for k, name in enumerate(self.rm.names)},
-            }
-            for i, (row, response) in enumerate(zip(rows, rollout.responses, strict=True))
-        ]
-
-    # ------------------------------------------------------------------ optimizer steps (manual optimization)
-    _accumulate = 1  # micro-batches (rollouts) per optimizer step; the trainer's accumulate_grad_batches
-    _micro_batches = 0  # training batches seen, for the accumulation window (kept in checkpoints)
-    _clip: tuple[float, str] | None = None  # the trainer's gradient_clip_val and algorithm, when set
-
-    def _check_accumulation(self, accumulate: int) -> None:
-        """Refuse ``accumulate_grad_batches`` where a stage cannot accumulate (overridden by stages)."""
-
-    def _take_over_trainer_knobs(self) -> None:
-        """Lightning refuses ``accumulate_grad_batches`` and ``gradient_clip_val`` for manual optimization;
-        these modules apply them themselves (``docs/user_guide.md``, "Lightning's own knobs"): the
-        trainer's values move here and the trainer's are reset, so Lightning's check passes."""
-        trainer = self.trainer
-        accumulate = int(trainer.accumulate_grad_batches)
-        if accumulate != 1:
-            self._check_accumulation(accumulate)
-            self._accumulate = accumulate
-            trainer.accumulate_grad_batches = 1
-        clip = trainer.gradient_clip_val
-        if clip is not None and clip > 0:
-            algorithm = str(getattr(trainer.gradient_clip_algorithm, "value", None) or "norm")
-            self._clip = (float(clip), algorithm)
-            trainer.gradient_clip_val = None
-            log.info(
-                "gradient clipping by %s at %s (the trainer's gradient_clip_val, instead of max_grad_norm=%s)",
-                algorithm,
-                clip,
-                self.hparams.max_grad_norm,
-            )
-
-    def _window(self) -> tuple[bool, bool]:
-        """``(first, last)``: whether this training batch opens an accumulation window (zero the
-        gradients) and whether it closes one (clip and step). Both are True without accumulation."""
-        position = self._micro_batches % self._accumulate
-        return position == 0, position == self._accumulate - 1
-
-    def _accumulated(self, loss: Tensor) -> Tensor:
-        """The loss to back-propagate: ``loss / accumulate_grad_batches`` (the loss itself without)."""
-        return loss if self._accumulate == 1 else loss / self._accumulate
-
-    def _clip_and_step(self, optimizer: Any, scheduler: Any) -> None:
-        """Clip the gradients (the trainer's ``gradient_clip_val`` if set, else ``max_grad_norm``), take the
-        optimizer step and advance the learning-rate schedule (when there is one)."""
-        if self._step_metrics_read:
-            log_optimizer_step(self, optimizer)  # lr and the gradient norm before clipping
-        if self._clip is not None:
-            self.clip_gradients(
-                optimizer, gradient_clip_val=self._clip[0], gradient_clip_algorithm=self._clip[1]
-            )
-        elif self.hparams.max_grad_norm is not None:
-            self.clip_gradients(
-                optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm"
-            )
-        optimizer.step()
-        if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step()
 
     def _update_kl_controller(self, kl: Tensor, size: int) -> None:
         """Feed the rollout's per-sequence KL ``[N]`` to ``self.kl_controller`` (RLOO, PPO).

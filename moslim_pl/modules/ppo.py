@@ -19,7 +19,6 @@ values at rollout time must be those it is trained against.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,8 +46,6 @@ from moslim_pl.rollout import (
     rollout_inputs,
     token_logprobs,
 )
-
-log = logging.getLogger(__name__)
 
 CRITICS = ("separate", "shared")
 

@@ -13,7 +13,6 @@ start of training is therefore expected.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -32,8 +31,6 @@ from moslim_pl.rollout import (
     rollout_inputs,
     token_logprobs,
 )
-
-log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -166,7 +163,6 @@ class RLOOModule(PolicyModule):
                 f"{self.hparams.updates_per_rollout}): each rollout's later updates need the step before them"
             )
 
-    # ------------------------------------------------------------------ rollouts
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Sequence[str], batch_idx: int) -> Tensor:
         hp = self.hparams
@@ -225,6 +221,3 @@ class RLOOModule(PolicyModule):
         if hp.log_samples_every_n_steps and rollout_number % hp.log_samples_every_n_steps == 0:
             self._log_samples(prompts, rollout, scores.reward)
         return torch.stack(losses).mean()
-
-    # ------------------------------------------------------------------ validation
-    # ------------------------------------------------------------------ optimisation, checkpoints, export

@@ -1,8 +1,8 @@
 """LightningModule for supervised fine-tuning of the policy: next-token cross-entropy on the response.
 
 The quickstart uses it to teach a tiny model the synthetic world's language without any prefix, the
-starting point of RL (DESIGN §1: prefixes are learned by RL alone). The export is a plain Hugging Face
-causal-LM folder that ``load_causal_lm`` and ``AutoModelForCausalLM.from_pretrained`` reload.
+starting point of RL (prefixes are learned by RL alone: ``docs/concepts.md``, section 6). The export is a
+plain Hugging Face causal-LM folder that ``load_causal_lm`` and ``AutoModelForCausalLM.from_pretrained`` reload.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from moslim_pl.models.card import CARD_FILE, policy_card, training_summary
 from moslim_pl.models.io import save_pretrained_atomic
 from moslim_pl.models.sharding import fsdp1_root, shard_mesh, shard_model
 from moslim_pl.modules.optim import OptimizerLogging, adamw_with_warmup
-from moslim_pl.modules.precision import MetricEvalHooks
+from moslim_pl.modules.metric_hooks import MetricEvalHooks
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from moslim_pl.data import DataError, DataSource, PreferenceDataModule, SyntheticConfig
-from moslim_pl.data.preference import split_by_prompt
+from moslim_pl.data.common import split_by_prompt
 from moslim_pl.data.sources import PreferenceRow, load_source, read_rows
 from moslim_pl.data.types import ALL_HEADS, IGNORE_LABEL
 from moslim_pl.schema import Dimension

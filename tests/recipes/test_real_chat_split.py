@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from moslim_pl.data import PreferenceDataModule, PromptDataModule, preference
-from moslim_pl.data.preference import train_val_rows
+from moslim_pl.data.common import train_val_rows
 from moslim_pl.schema import Dimension
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

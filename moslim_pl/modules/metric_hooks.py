@@ -1,4 +1,5 @@
-"""Metric sums stay float32 under ``bf16-true``/``16-true``, which cast the whole LightningModule.
+"""Evaluation hooks of the modules that keep torchmetrics (`MetricEvalHooks`), and the float32 fix they apply:
+metric sums stay float32 under ``bf16-true``/``16-true``, which cast the whole LightningModule.
 
 Lightning's half-precision plugins call ``module.to(dtype)``, and torchmetrics lets that cast the floating
 states of its metrics: a bf16 sum stops counting at 256 rows and rounds every mean. The modules call

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
-from moslim_pl.modules.precision import float32_metrics
+from moslim_pl.modules.metric_hooks import float32_metrics
 
 
 def test_float32_metrics_undoes_a_bf16_cast() -> None:
