@@ -29,8 +29,8 @@ from moslim_pl.models.card import training_summary
 from moslim_pl.models.lora import LoRAConfig, apply_lora
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.models.sharding import fsdp1_root, full_state_dict, shard_mesh, shard_model
-from moslim_pl.modules.optim import OptimizerLogging, adamw_with_warmup
 from moslim_pl.modules.metric_hooks import MetricEvalHooks
+from moslim_pl.modules.optim import OptimizerLogging, adamw_with_warmup
 from moslim_pl.rewards.mapping import expected_level
 from moslim_pl.schema import Dimension, check_dimensions
 from moslim_pl.utils.distributed import is_rank_zero

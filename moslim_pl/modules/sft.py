@@ -24,8 +24,8 @@ from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.models.card import CARD_FILE, policy_card, training_summary
 from moslim_pl.models.io import save_pretrained_atomic
 from moslim_pl.models.sharding import fsdp1_root, shard_mesh, shard_model
-from moslim_pl.modules.optim import OptimizerLogging, adamw_with_warmup
 from moslim_pl.modules.metric_hooks import MetricEvalHooks
+from moslim_pl.modules.optim import OptimizerLogging, adamw_with_warmup
 
 log = logging.getLogger(__name__)
 
