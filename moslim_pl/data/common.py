@@ -149,6 +149,23 @@ def seeded_loader(
     )
 
 
+def set_loader_args(
+    module: LightningDataModule,
+    batch_size: int,
+    eval_batch_size: int | None,
+    num_workers: int,
+    seed: int,
+    trust_remote_code: bool,
+) -> None:
+    """The loader arguments every datamodule takes, as attributes (``eval_batch_size`` defaults to
+    ``batch_size``)."""
+    module.batch_size = batch_size
+    module.eval_batch_size = eval_batch_size or batch_size
+    module.num_workers = num_workers
+    module.seed = seed
+    module.trust_remote_code = trust_remote_code
+
+
 class TokenizedDataModule(LightningDataModule):
     """Base of the datamodules that tokenize (``PreferenceDataModule``, ``SFTDataModule``).
 
@@ -160,6 +177,20 @@ class TokenizedDataModule(LightningDataModule):
 
     encoding_class: ClassVar[type]
     needs_pad_token: ClassVar[bool] = False
+
+    def _init_tokenization(
+        self, max_length: int | None, max_prompt_length: int | None, chat_template: bool | None
+    ) -> None:
+        """The encoding arguments (``None``: the LightningModule's), and the state that ``setup`` fills."""
+        self._encoding_overrides = {
+            "max_length": max_length,
+            "max_prompt_length": max_prompt_length,
+            "chat_template": chat_template,
+        }
+        self.encoding: Any = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.train_dataset: list[Any] | None = None
+        self.val_dataset: list[Any] | None = None
 
     def _lightning_module(self) -> Any:
         return self.trainer.lightning_module if self.trainer is not None else None

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from torch.utils.data import DataLoader
-from transformers import PreTrainedTokenizerBase
 
 from moslim_pl.data.collate import RewardExample, collate_reward_batch
 from moslim_pl.data.common import (
@@ -24,6 +23,7 @@ from moslim_pl.data.common import (
     describe,
     prefetch_sources,
     seeded_loader,
+    set_loader_args,
     take_sources,
     train_val_rows,
 )
@@ -136,21 +136,9 @@ class PreferenceDataModule(SamplerStateMixin, TokenizedDataModule):
             prompt_column, response_column, chosen_column, rejected_column, pair_dimension_column
         )
         self.val_fraction = val_fraction
-        self._encoding_overrides = {
-            "max_length": max_length,
-            "chat_template": chat_template,
-            "max_prompt_length": max_prompt_length,
-        }
-        self.encoding: PairEncoding | None = None
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.trust_remote_code = trust_remote_code
+        self._init_tokenization(max_length, max_prompt_length, chat_template)
+        set_loader_args(self, batch_size, eval_batch_size, num_workers, seed, trust_remote_code)
         self.group_by_length = group_by_length
-        self.tokenizer: PreTrainedTokenizerBase | None = None
-        self.train_dataset: list[RewardExample] | None = None
-        self.val_dataset: list[RewardExample] | None = None
         self.sampler: ResumableSampler | None = None
         self._pending_state: dict[str, Any] | None = None
 

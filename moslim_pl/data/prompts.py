@@ -22,7 +22,13 @@ import datasets
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
-from moslim_pl.data.common import check_loader_args, prefetch_sources, split_by_prompt, take_sources
+from moslim_pl.data.common import (
+    check_loader_args,
+    prefetch_sources,
+    set_loader_args,
+    split_by_prompt,
+    take_sources,
+)
 from moslim_pl.data.messages import (
     MESSAGES_COLUMN,
     Prompt,
@@ -251,11 +257,7 @@ class PromptDataModule(SamplerStateMixin, LightningDataModule):
         }
         # Checked now, so that a bad prefix distribution fails before any data is read.
         PrefixSampler(0, self.dimensions, seed, **self._prefix_args)
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.trust_remote_code = trust_remote_code
+        set_loader_args(self, batch_size, eval_batch_size, num_workers, seed, trust_remote_code)
         self.num_test_prompts = num_test_prompts
         self.predict_file = predict_file
         self.predict_prompts: list[Prompt] | None = None

@@ -29,6 +29,7 @@ from moslim_pl.data.common import (
     check_loader_args,
     prefetch_sources,
     seeded_loader,
+    set_loader_args,
     take_sources,
     train_val_rows,
 )
@@ -289,20 +290,8 @@ class SFTDataModule(TokenizedDataModule):
         self.label_prefix = label_prefix
         self.dimensions = resolve_dimensions(dimensions, self.source) if label_prefix else None
         self.val_fraction = val_fraction
-        self._encoding_overrides = {
-            "max_length": max_length,
-            "max_prompt_length": max_prompt_length,
-            "chat_template": chat_template,
-        }
-        self.encoding: SFTEncoding | None = None
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.trust_remote_code = trust_remote_code
-        self.tokenizer: PreTrainedTokenizerBase | None = None
-        self.train_dataset: list[SFTExample] | None = None
-        self.val_dataset: list[SFTExample] | None = None
+        self._init_tokenization(max_length, max_prompt_length, chat_template)
+        set_loader_args(self, batch_size, eval_batch_size, num_workers, seed, trust_remote_code)
 
     def prepare_data(self) -> None:
         prefetch_sources((self.source, self.val_source), self.trust_remote_code)
