@@ -18,17 +18,15 @@ heads, ``L`` levels. No Lightning here: pure torch and transformers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from moslim_pl.data.messages import Prompt, parse_prompt_prefix
+from moslim_pl.data.messages import Prompt
 from moslim_pl.errors import MoslimError
 from moslim_pl.generation import PromptBatch, Rollout, encode_prompts, generate
 from moslim_pl.models.compat import cache_name, forward_kwargs
-from moslim_pl.models.reward_model import MultiHeadRewardModel
-from moslim_pl.rewards.mapping import resolve_targets
+from moslim_pl.models.reward_model import MultiHeadRewardModel, ScoreOutput
 
 # The generation names are named here too: one import serves a whole RL step (the docstring's example).
 __all__ = [
@@ -46,21 +44,8 @@ __all__ = [
 ]
 
 
-class RewardOutput(NamedTuple):
-    """What :func:`score_responses` returns (CPU; N pairs, K heads, L levels)."""
-
-    reward: Tensor
-    """[N] float, the mapped scalar reward."""
-    components: Tensor
-    """[N, K] float, per-dimension terms of the reward (0 where masked)."""
-    mask: Tensor
-    """[N, K] bool, True where the dimension contributes to the reward."""
-    probs: Tensor
-    """[N, K, L] float, per-head probabilities (0 on padded levels)."""
-    requested: Tensor
-    """[N, K] long class index requested by the prompt's prefix, or the defaults without prefix; -1 = not."""
-    hit: Tensor
-    """[N, K] bool, the head's argmax equals the requested class (False where nothing is requested)."""
+RewardOutput = ScoreOutput
+"""What :func:`score_responses` returns: the reward model's :class:`ScoreOutput` (one result type)."""
 
 
 # ------------------------------------------------------------------------------------------- log-probs
@@ -200,7 +185,8 @@ def score_responses(
     the named dimensions' terms (``MultiHeadRewardModel.score``).
 
     Returns:
-        :class:`RewardOutput` of ordinary CPU tensors (float32 where float).
+        :class:`ScoreOutput` of ordinary CPU tensors (float32 where float), requested classes and hits
+        included.
     """
     out = rm.score(
         prompts,
@@ -212,10 +198,5 @@ def score_responses(
         z_clip=z_clip,
         aggregation=aggregation,
     )
-    # rm.score resolves the same targets internally; they are recomputed to report them (cheap).
-    rows = [parse_prompt_prefix(prompt, rm.dimensions)[0] for prompt in prompts]
-    requested = resolve_targets(rm.targets_tensor(rows), rm.default_targets_tensor().cpu())
     # clone(): score runs under inference_mode, and rewards feed the policy loss's autograd graph.
-    reward, components, mask, probs = (t.clone() for t in out)
-    hit = (probs.argmax(-1) == requested) & (requested >= 0)
-    return RewardOutput(reward, components, mask, probs, requested, hit)
+    return ScoreOutput(*(t.clone() for t in out))

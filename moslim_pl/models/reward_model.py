@@ -49,7 +49,8 @@ POOLINGS = ("auto", "last", "cls", "mean")
 
 
 class ScoreOutput(NamedTuple):
-    """What :meth:`MultiHeadRewardModel.score` returns (CPU float32; N pairs, K heads, L levels)."""
+    """What :meth:`MultiHeadRewardModel.score` (and ``moslim_pl.rollout.score_responses``) returns (CPU,
+    float32 where float; N pairs, K heads, L levels)."""
 
     reward: Tensor
     """[N] the mapped scalar reward."""
@@ -59,6 +60,10 @@ class ScoreOutput(NamedTuple):
     """[N, K] bool, True where the dimension contributes."""
     probs: Tensor
     """[N, K, L] per-head probabilities, exact 0 on padded levels."""
+    requested: Tensor
+    """[N, K] long class index requested by the targets (the prefix, else the defaults); -1 = not named."""
+    hit: Tensor
+    """[N, K] bool, the head's argmax equals the requested class (False where nothing is requested)."""
 
 
 def _segment_separator(backbone: nn.Module, tokenizer: PreTrainedTokenizerBase | None) -> int | None:
@@ -264,7 +269,8 @@ class MultiHeadRewardModel(nn.Module):
             z_clip=z_clip,
             aggregation=aggregation,
         )
-        return ScoreOutput(out.reward.float(), out.components.float(), out.mask, probs)
+        hit = (probs.argmax(-1) == target_idx) & (target_idx >= 0)
+        return ScoreOutput(out.reward.float(), out.components.float(), out.mask, probs, target_idx, hit)
 
     def _batched_probabilities(self, encoded: list[list[int]], batch_size: int) -> Tensor:
         """Token id lists -> CPU float32 probabilities ``[N, K, L]``, right-padding each batch to its longest."""
