@@ -171,8 +171,8 @@ class TokenizedDataModule(LightningDataModule):
 
     The LightningModule decides how text is read: unless the datamodule sets them, its ``tokenizer_name``
     and ``encoding`` (an ``encoding_class``) are taken in ``setup``, then the datamodule's own encoding
-    arguments (``_encoding_overrides``, ``None`` = unset) override single fields. A subclass sets
-    ``tokenizer_name``, ``trust_remote_code``, ``_encoding_overrides``, ``num_workers`` and ``seed``.
+    arguments (``None`` = unset) override single fields. A subclass's ``__init__`` sets ``tokenizer_name``
+    and calls :meth:`_init_tokenization` and :func:`set_loader_args`; its class names ``encoding_class``.
     """
 
     encoding_class: ClassVar[type]
