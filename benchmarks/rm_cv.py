@@ -62,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pair-loss-weight", type=float, default=1.0)
     parser.add_argument("--pairs-per-prompt", type=int, default=1, help="bt/both pairs per prompt and head")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="no training: merge these reports (e.g. settings run in parallel processes) into one",
+    )
     return parser.parse_args(argv)
 
 
@@ -238,8 +244,30 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, Any]:
     return summary
 
 
+def merge_reports(paths: list[Path]) -> dict[str, Any]:
+    """One report from several runs of this script (same folds and arguments, different settings)."""
+    results: dict[str, list[dict]] = {}
+    for path in paths:
+        for setting, folds in json.loads(path.read_text())["folds"].items():
+            if setting in results:
+                raise SystemExit(f"rm_cv.py: setting {setting!r} is in more than one of the merged reports")
+            results[setting] = folds
+    return {"args": {"merged": [str(p) for p in paths]}, "folds": results, "summary": summarize(results)}
+
+
+def write_report(report: dict[str, Any], path: Path | None) -> None:
+    text = json.dumps(report, indent=2)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    sys.stdout.write(text + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.merge:
+        write_report(merge_reports(args.merge), args.json)
+        return
     logging.basicConfig(level=logging.WARNING)
     rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
     folds = folds_by_prompt(rows, args.folds, args.seed)
@@ -264,11 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         "folds": results,
         "summary": summarize(results),
     }
-    text = json.dumps(report, indent=2)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text)
-    sys.stdout.write(text + "\n")
+    write_report(report, args.json)
 
 
 if __name__ == "__main__":

@@ -180,7 +180,7 @@ def names_epilog() -> str:
     return (
         f"Dataset schemas (--data.source.schema): {', '.join(sorted(SCHEMAS))}. "
         f"Reward mappings (--model.mapping): {', '.join(MAPPINGS)}. "
-        f"Aggregations (--model.aggregation): {', '.join(AGGREGATIONS)}. "
+        f"Aggregations (--model.aggregation): {', '.join(AGGREGATIONS)} (softmin:<temperature>). "
         f"Short class names: --model {names(modules, LightningModule)}; "
         f"--data {names(data, LightningDataModule)}; "
         f"--trainer.callbacks+= {names(callbacks, Callback)} (and Lightning's own). "

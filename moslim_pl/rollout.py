@@ -36,6 +36,7 @@ __all__ = [
     "encode_prompts",
     "entropy_from_logits",
     "generate",
+    "penalize",
     "response_logits",
     "rollout_inputs",
     "score_responses",
@@ -200,3 +201,16 @@ def score_responses(
     )
     # clone(): score runs under inference_mode, and rewards feed the policy loss's autograd graph.
     return ScoreOutput(*(t.clone() for t in out))
+
+
+def penalize(
+    reward: Tensor, rollout: Rollout, missing_eos_penalty: float | None, empty_penalty: float | None
+) -> Tensor:
+    """``reward [N]`` less ``missing_eos_penalty`` where a response was cut at ``max_new_tokens`` and less
+    ``empty_penalty`` where it has no non-whitespace character (either ``None``: off; ``docs/concepts.md``)."""
+    if missing_eos_penalty is not None:
+        reward = reward - missing_eos_penalty * (~rollout.finished).to(reward.dtype)
+    if empty_penalty is not None:
+        empty = torch.tensor([not text.strip() for text in rollout.responses], device=reward.device)
+        reward = reward - empty_penalty * empty.to(reward.dtype)
+    return reward

@@ -230,8 +230,8 @@ class MultiHeadRewardModel(nn.Module):
             batch_size: pairs per forward pass.
             sigma_floor, z_clip: guards of the ``gaussian`` mapping against tiny statistics
                 (``moslim_pl.rewards.mapping.gaussian_mapping``); the defaults leave it unguarded.
-            aggregation: ``mean`` (the paper's) or ``min`` of the named dimensions' terms
-                (``moslim_pl.rewards.mapping.AGGREGATIONS``).
+            aggregation: ``mean`` (the paper's), ``min`` or ``softmin[:tau]`` of the named dimensions' terms
+                (``moslim_pl.rewards.mapping.parse_aggregation``).
         """
         if self.tokenizer is None:
             raise MoslimError("score() needs a tokenizer: pass tokenizer= to MultiHeadRewardModel")

@@ -26,6 +26,7 @@ from moslim_pl.models.lora import LoRAConfig
 from moslim_pl.modules.policy import PolicyModule
 from moslim_pl.rollout import (
     entropy_from_logits,
+    penalize,
     response_logits,
     rollout_inputs,
     token_logprobs,
@@ -50,8 +51,9 @@ class OnlineDPOModule(PolicyModule):
         sigma_floor, z_clip: guards of the ``gaussian`` mapping: a floor on each statistic's sigma and a
             clamp of each z-term to ``[-z_clip, z_clip]`` (``moslim_pl.rewards.mapping.gaussian_mapping``);
             the defaults (0, ``None``) are the paper's formula.
-        aggregation: how the named dimensions' terms become one reward: ``mean`` (the paper's) or ``min``
-            (the worst named dimension decides: a hit cannot buy off a miss; ``docs/concepts.md``).
+        aggregation: how the named dimensions' terms become one reward: ``mean`` (the paper's), ``min``
+            (the worst named dimension decides: a hit cannot buy off a miss) or ``softmin[:tau]`` (a smooth
+            minimum, temperature ``tau``, default 1; ``docs/concepts.md``).
         beta: DPO's ``beta``: the implicit reward is ``beta * (log pi - log pi_ref)``.
         learning_rate, weight_decay, warmup_steps: AdamW with linear warm-up then constant.
         max_grad_norm: gradient norm clipping (``None``: off). The Trainer's ``gradient_clip_val`` (with its
@@ -59,6 +61,9 @@ class OnlineDPOModule(PolicyModule):
             takes one optimizer step every N batches (each batch's mean loss divided by N).
         missing_eos_penalty: subtracted from the reward of responses cut at ``max_new_tokens`` before
             the pair is ranked.
+        empty_penalty: subtracted from the reward of responses with nothing in them (no
+            non-whitespace character): an RM never trained on an empty answer may score it well
+            (``docs/concepts.md``, "The empty answer"); ``None``: off.
         val_temperature: sampling temperature of validation (one response per prompt; 0 = greedy).
         log_samples_every_n_steps: text samples to the loggers every this many steps (``None``: never).
         rm_batch_size: pairs per RM forward pass.
@@ -88,6 +93,7 @@ class OnlineDPOModule(PolicyModule):
         warmup_steps: int = 0,
         max_grad_norm: float | None = 1.0,
         missing_eos_penalty: float | None = None,
+        empty_penalty: float | None = None,
         val_temperature: float = 0.0,
         log_samples_every_n_steps: int | None = 50,
         rm_batch_size: int = 16,
@@ -112,8 +118,7 @@ class OnlineDPOModule(PolicyModule):
         rollout = self._rollout(prompts, _NUM_SAMPLES, hp.temperature)
         scores = self._score(prompts, rollout)
         reward = scores.reward
-        if hp.missing_eos_penalty is not None:
-            reward = reward - hp.missing_eos_penalty * (~rollout.finished).to(reward.dtype)
+        reward = penalize(reward, rollout, hp.missing_eos_penalty, hp.empty_penalty)
         inputs = rollout_inputs(rollout)
         mask = rollout.response_mask
         ref_logprobs = self.reference_logprobs(*inputs, temperature=hp.temperature)

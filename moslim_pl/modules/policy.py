@@ -6,7 +6,7 @@ constructor signature (the CLI reads it), call ``save_hyperparameters()`` and th
 Required hyperparameters: policy, reward_model, tiny_config, max_new_tokens, temperature, top_p,
 max_prompt_length, chat_template, mapping, mapping_weights, max_grad_norm, learning_rate, weight_decay,
 warmup_steps, val_temperature, log_samples_every_n_steps, rm_batch_size, trust_remote_code; optional: lora,
-sigma_floor, z_clip, aggregation.
+sigma_floor, z_clip, aggregation, missing_eos_penalty, empty_penalty.
 
 Dropout stays off in all three models (as TRL does): the log-probs that train the policy must be those of
 the distribution that sampled; Lightning's warning that modules are in eval mode is therefore expected.
@@ -41,7 +41,7 @@ from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.models.sharding import is_sharded, shard_mesh, shard_model
 from moslim_pl.modules.optim import ManualOptimization, adamw_with_warmup
 from moslim_pl.modules.policy_eval import PolicyEvaluation
-from moslim_pl.rewards.mapping import AGGREGATIONS, MAPPINGS
+from moslim_pl.rewards.mapping import MAPPINGS, parse_aggregation
 from moslim_pl.rollout import (
     RewardOutput,
     Rollout,
@@ -87,10 +87,10 @@ class PolicyModule(PolicyEvaluation, ManualOptimization, LightningModule):
             )
         if hp.mapping not in MAPPINGS:
             raise MoslimError(f"unknown reward mapping {hp.mapping!r}; expected one of {', '.join(MAPPINGS)}")
-        if hp.get("aggregation", "mean") not in AGGREGATIONS:
-            raise MoslimError(
-                f"unknown aggregation {hp.aggregation!r}; expected one of {', '.join(AGGREGATIONS)}"
-            )
+        try:
+            parse_aggregation(hp.get("aggregation", "mean"))
+        except ValueError as err:
+            raise MoslimError(str(err)) from None
         self.tokenizer_name = hp.policy
         self.tokenizer = load_tokenizer(hp.policy, trust_remote_code=hp.trust_remote_code)
         hp["chat_template"] = resolve_chat_template(self.tokenizer, hp.chat_template, hp.policy)

@@ -27,6 +27,7 @@ from moslim_pl.models.lora import LoRAConfig
 from moslim_pl.modules.policy import PolicyModule
 from moslim_pl.rollout import (
     entropy_from_logits,
+    penalize,
     response_logits,
     rollout_inputs,
     token_logprobs,
@@ -69,8 +70,9 @@ class RLOOModule(PolicyModule):
         sigma_floor, z_clip: guards of the ``gaussian`` mapping: a floor on each statistic's sigma and a
             clamp of each z-term to ``[-z_clip, z_clip]`` (``moslim_pl.rewards.mapping.gaussian_mapping``);
             the defaults (0, ``None``) are the paper's formula.
-        aggregation: how the named dimensions' terms become one reward: ``mean`` (the paper's) or ``min``
-            (the worst named dimension decides: a hit cannot buy off a miss; ``docs/concepts.md``).
+        aggregation: how the named dimensions' terms become one reward: ``mean`` (the paper's), ``min``
+            (the worst named dimension decides: a hit cannot buy off a miss) or ``softmin[:tau]`` (a smooth
+            minimum, temperature ``tau``, default 1; ``docs/concepts.md``).
         kl_coef: ``beta`` of the reward shaping ``r - beta * KL_seq`` (the initial value when adaptive).
         kl_target, kl_horizon: with ``kl_target`` set, ``beta`` adapts towards this per-sequence KL over a
             horizon counted in samples (Ziegler et al.); ``None`` keeps ``beta`` fixed.
@@ -81,6 +83,9 @@ class RLOOModule(PolicyModule):
             takes one optimizer step every N rollouts (with ``updates_per_rollout=1``).
         learning_rate, weight_decay, warmup_steps: AdamW with linear warm-up then constant.
         missing_eos_penalty: subtracted from the reward of responses cut at ``max_new_tokens``.
+        empty_penalty: subtracted from the reward of responses with nothing in them (no
+            non-whitespace character): an RM never trained on an empty answer may score it well
+            (``docs/concepts.md``, "The empty answer"); ``None``: off.
         val_temperature: sampling temperature of validation (one response per prompt; 0 = greedy).
         log_samples_every_n_steps: text samples to the loggers every this many rollouts (``None``: never).
         rm_batch_size: pairs per RM forward pass.
@@ -122,6 +127,7 @@ class RLOOModule(PolicyModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         missing_eos_penalty: float | None = None,
+        empty_penalty: float | None = None,
         val_temperature: float = 0.0,
         log_samples_every_n_steps: int | None = 50,
         rm_batch_size: int = 16,
@@ -170,8 +176,7 @@ class RLOOModule(PolicyModule):
         rollout = self._rollout(prompts, hp.num_samples, hp.temperature)
         scores = self._score(prompts, rollout)
         reward = scores.reward
-        if hp.missing_eos_penalty is not None:
-            reward = reward - hp.missing_eos_penalty * (~rollout.finished).to(reward.dtype)
+        reward = penalize(reward, rollout, hp.missing_eos_penalty, hp.empty_penalty)
         inputs = rollout_inputs(rollout)
         mask = rollout.response_mask
         group = hp.num_samples  # the k samples of a prompt share its columns: the prompt runs once

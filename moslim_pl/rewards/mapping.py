@@ -18,9 +18,33 @@ import torch
 from torch import Tensor
 
 MAPPINGS: tuple[str, ...] = ("gaussian", "expected_level", "log_prob", "linear")
-AGGREGATIONS: tuple[str, ...] = ("mean", "min")
-"""How the named dimensions' terms become one reward: ``mean`` (the paper's) or ``min`` (the worst named
-dimension decides, so a hit on one cannot buy off a miss on another; ``docs/concepts.md``)."""
+AGGREGATIONS: tuple[str, ...] = ("mean", "min", "softmin")
+"""How the named dimensions' terms become one reward: ``mean`` (the paper's), ``min`` (the worst named
+dimension decides, so a hit on one cannot buy off a miss on another) or ``softmin`` (a smooth minimum,
+written ``softmin`` for temperature 1 or ``softmin:<temperature>``; ``docs/concepts.md``)."""
+
+
+def parse_aggregation(aggregation: str) -> tuple[str, float]:
+    """``(kind, temperature)`` of an aggregation spec: ``"mean"``, ``"min"``, ``"softmin"`` (temperature 1)
+    or ``"softmin:<temperature>"`` with a positive temperature; the temperature is 0 for the others.
+
+    Raises:
+        ValueError: an unknown kind, or a temperature that is not a positive number.
+    """
+    kind, _, value = str(aggregation).partition(":")
+    if kind not in AGGREGATIONS or (value and kind != "softmin"):
+        raise ValueError(
+            f"unknown aggregation {aggregation!r}; expected one of mean, min, softmin or softmin:<temperature>"
+        )
+    if kind != "softmin":
+        return kind, 0.0
+    try:
+        temperature = float(value) if value else 1.0
+    except ValueError:
+        temperature = float("nan")
+    if not temperature > 0 or temperature == float("inf"):
+        raise ValueError(f"aggregation {aggregation!r}: the softmin temperature must be a positive number")
+    return kind, temperature
 
 
 class MappedReward(NamedTuple):
@@ -61,17 +85,25 @@ def _target_mask_and_index(targets: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _masked_mean(components: Tensor, mask: Tensor, aggregation: str = "mean") -> MappedReward:
-    """Zero the masked ``components [N, K]`` and aggregate the unmasked ones per row (0 for an empty row):
-    their mean, or with ``aggregation="min"`` the smallest of them."""
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {', '.join(AGGREGATIONS)}")
+    """Zero the masked ``components [N, K]`` and aggregate the unmasked ones per row (0 for an empty row).
+
+    ``mean``: their average. ``min``: the smallest. ``softmin`` with temperature ``tau``:
+    ``-tau * log((1/|S|) * sum_{k in S} exp(-c_k / tau))``, which lies between the minimum (``tau -> 0``)
+    and the mean (``tau -> inf``), equals ``c`` when every term is ``c``, and spreads its gradient over the
+    terms by ``softmax(-c / tau)``: the worst named dimension gets the most, the others still some.
+    """
+    kind, temperature = parse_aggregation(aggregation)
     # torch.where (not multiplication) so that a non-finite term at a masked position cannot leak as NaN.
     components = torch.where(mask, components, torch.zeros_like(components))
-    if aggregation == "min":
-        worst = torch.where(mask, components, torch.full_like(components, torch.inf)).amin(dim=-1)
-        reward = torch.where(mask.any(dim=-1), worst, torch.zeros_like(worst))
-        return MappedReward(reward, components, mask)
+    named = mask.any(dim=-1)
     count = mask.sum(dim=-1).clamp(min=1).to(components.dtype)
+    if kind == "min":
+        worst = torch.where(mask, components, torch.full_like(components, torch.inf)).amin(dim=-1)
+        return MappedReward(torch.where(named, worst, torch.zeros_like(worst)), components, mask)
+    if kind == "softmin":
+        scaled = torch.where(mask, -components / temperature, torch.full_like(components, -torch.inf))
+        soft = -temperature * (torch.logsumexp(scaled, dim=-1) - count.log())
+        return MappedReward(torch.where(named, soft, torch.zeros_like(soft)), components, mask)
     return MappedReward(components.sum(dim=-1) / count, components, mask)
 
 
@@ -113,7 +145,8 @@ def gaussian_mapping(
     (0, ``None``) leave the paper's formula as it is.
 
     ``aggregation="min"`` replaces the average by the minimum over ``S``: the reward is the worst named
-    dimension's z-term, so answering one request well cannot make up for ignoring another.
+    dimension's z-term, so answering one request well cannot make up for ignoring another;
+    ``"softmin[:tau]"`` by a smooth minimum (:func:`_masked_mean`).
 
     Args:
         probs: ``[N, K, L]`` per-head probabilities, zero-padded.
@@ -123,7 +156,8 @@ def gaussian_mapping(
         eps: added to the std so a level that never varied does not divide by 0.
         sigma_floor: lower bound of each std (before ``eps`` is added); 0 = none.
         z_clip: bound on the absolute value of each z-term; ``None`` = none.
-        aggregation: ``mean`` (the paper's) or ``min`` over the named dimensions (:data:`AGGREGATIONS`).
+        aggregation: ``mean`` (the paper's), ``min`` or ``softmin[:tau]`` over the named dimensions
+            (:func:`parse_aggregation`).
 
     Returns:
         :class:`MappedReward` with ``reward [N]``, ``components [N, K]``, ``mask [N, K]``.
@@ -152,7 +186,7 @@ def expected_level_mapping(
 
     ``component_k = -|E_k[class] - t_k| / (num_levels_k - 1)`` lies in ``[-1, 0]`` (0 is a perfect hit),
     so heads with different numbers of levels weigh the same; averaged over the named dimensions (or
-    their minimum, ``aggregation="min"``).
+    their minimum or smooth minimum, ``aggregation="min"`` or ``"softmin[:tau]"``).
 
     Args:
         probs: ``[N, K, L]`` per-head probabilities, zero-padded.
@@ -170,8 +204,8 @@ def expected_level_mapping(
 def log_prob_mapping(
     probs: Tensor, targets: Tensor, eps: float = 1e-8, aggregation: str = "mean"
 ) -> MappedReward:
-    """Log-probability of the requested level, averaged over the named dimensions (or their minimum,
-    ``aggregation="min"``).
+    """Log-probability of the requested level, averaged over the named dimensions (or their (smooth) minimum,
+    ``aggregation="min"`` or ``"softmin[:tau]"``).
 
     Args:
         probs: ``[N, K, L]`` per-head probabilities, zero-padded.
@@ -245,8 +279,8 @@ def map_rewards(
             ignored by mappings without an eps.
         sigma_floor, z_clip: the ``gaussian`` mapping's guards (:func:`gaussian_mapping`); ignored by
             the other mappings.
-        aggregation: how the named dimensions' terms combine, ``mean`` or ``min`` (:data:`AGGREGATIONS`);
-            ignored by ``linear`` (a fixed weighted sum).
+        aggregation: how the named dimensions' terms combine, ``mean``, ``min`` or ``softmin[:tau]``
+            (:func:`parse_aggregation`); ignored by ``linear`` (a fixed weighted sum).
 
     Returns:
         :class:`MappedReward` with ``reward [N]``, ``components [N, K]``, ``mask [N, K]``.
@@ -256,8 +290,7 @@ def map_rewards(
     """
     if kind not in MAPPINGS:
         raise ValueError(f"unknown reward mapping {kind!r}; expected one of {', '.join(MAPPINGS)}")
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation {aggregation!r}; expected one of {', '.join(AGGREGATIONS)}")
+    parse_aggregation(aggregation)
     if kind != "linear":
         _require(kind, targets=targets)
     eps_kwargs = {} if eps is None else {"eps": eps}

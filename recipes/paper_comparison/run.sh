@@ -3,8 +3,8 @@
 #   recipes/paper_comparison/run.sh OUTDIR
 # Trains, from one SFT start and one multi-head reward model:
 #   moslim          one RLOO policy steered by prefixes (Gaussian mapping), 1200 steps;
-#   moslim_joint    the same with --model.aggregation min (the worst named dimension decides the reward,
-#                   docs/concepts.md), 1200 steps;
+#   moslim_joint    the same with --model.aggregation softmin (a smooth minimum of the named dimensions'
+#                   terms: a hit cannot buy off a miss; docs/concepts.md), 1200 steps;
 #   morlhf          three RLOO policies on fixed weight vectors of the linear mapping, 600 steps each;
 #   rewarded_soups  one RLOO policy per dimension (that dimension's linear reward), 600 steps each,
 #                   interpolated with the SFT start per request;
@@ -61,7 +61,7 @@ baseline=(--trainer.max_steps 600 --trainer.val_check_interval 300 --data.no_pre
 echo "== MOSLIM, RiC and the baselines (two lanes)"
 (
   fit moslim policy/rloo_quickstart.yaml "${rl[@]}"
-  fit moslim_joint policy/rloo_quickstart.yaml "${rl[@]}" --model.aggregation min
+  fit moslim_joint policy/rloo_quickstart.yaml "${rl[@]}" --model.aggregation softmin
   fit morlhf_0 policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.mapping_weights "[1, 1, 1]"
 ) &
 lane_a=$!

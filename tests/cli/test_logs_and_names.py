@@ -142,7 +142,7 @@ def test_help_lists_schemas_mappings_aggregations_and_short_names(capsys: pytest
     for name in (*SCHEMAS, *MAPPINGS, *AGGREGATIONS):
         assert name in out, name
     assert f"Reward mappings (--model.mapping): {', '.join(MAPPINGS)}." in out
-    assert f"Aggregations (--model.aggregation): {', '.join(AGGREGATIONS)}." in out
+    assert f"Aggregations (--model.aggregation): {', '.join(AGGREGATIONS)} (softmin:<temperature>)." in out
     for name in ("RLOOModule", "PPOModule", "PromptDataModule", "ExportCallback", "RNGStateCallback"):
         assert name in out, name
 

@@ -148,6 +148,7 @@ def test_adaptive_kl_clipping_and_checkpoint(
         ({"temperature": 0.0}, "temperature > 0"),
         ({"mapping": "nope"}, "unknown reward mapping"),
         ({"aggregation": "max"}, "unknown aggregation 'max'"),
+        ({"aggregation": "softmin:0"}, "softmin temperature must be a positive number"),
         ({"mapping": "linear"}, "mapping_weights"),
         ({"updates_per_rollout": 0}, "updates_per_rollout"),
     ],
@@ -218,3 +219,28 @@ def test_memory_and_speed_options_train_the_same_policy(
     # Adam magnifies float-rounding differences of near-zero gradients elementwise: compare the updates whole
     assert torch.nn.functional.cosine_similarity(updates[0], updates[1], dim=0) > 0.99
     assert updates[1].norm() == pytest.approx(float(updates[0].norm()), rel=0.05)
+
+
+def test_penalties_for_cut_and_empty_responses() -> None:
+    from moslim_pl.generation import Rollout
+    from moslim_pl.rollout import penalize
+
+    responses = ["a full answer", " \n", "cut answer", ""]
+    rollout = Rollout(
+        sequences=torch.zeros(4, 3, dtype=torch.long),
+        attention_mask=torch.ones(4, 3, dtype=torch.long),
+        prompt_length=1,
+        response_mask=torch.ones(4, 2, dtype=torch.long),
+        responses=responses,
+        prompt_index=torch.tensor([0, 0, 1, 1]),
+        finished=torch.tensor([True, True, False, False]),
+    )
+    reward = torch.tensor([0.5, 0.5, 0.5, 0.5])
+    # row 1 is empty (whitespace only): -2; row 2 is cut: -1; row 3 is both: -3
+    assert penalize(reward, rollout, 1.0, 2.0).tolist() == [0.5, -1.5, -0.5, -2.5]
+    assert torch.equal(penalize(reward, rollout, None, None), reward)
+
+
+def test_empty_penalty_reaches_the_module(formality_rm: Path) -> None:
+    module = RLOOModule(reward_model=str(formality_rm), missing_eos_penalty=1.0, empty_penalty=2.0)
+    assert (module.hparams.missing_eos_penalty, module.hparams.empty_penalty) == (1.0, 2.0)

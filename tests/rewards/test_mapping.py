@@ -324,3 +324,48 @@ def test_masked_degenerate_slot_keeps_gradient_finite(kind: str) -> None:
     assert (probs.grad[0, 1] == 0).all()
     # gaussian: (0.5 - 0.5) / 0.25 = 0;  log_prob: log 0.5
     assert out.reward.item() == pytest.approx(0.0 if kind == "gaussian" else math.log(0.5))
+
+
+def test_softmin_aggregation_hand_values() -> None:
+    # the z-terms 0.5, 2 | 2 of test_gaussian_hand_values, temperature 1:
+    # row 0: -log((e^-0.5 + e^-2) / 2) = -log((0.606531 + 0.135335) / 2) = -log(0.370933) = 0.991734,
+    # between the minimum 0.5 and the mean 1.25; row 1 has one named term: softmin = that term = 2
+    out = gaussian_mapping(_probs(), _targets(), MEAN, STD, eps=0.0, aggregation="softmin")
+    assert out.reward.tolist() == pytest.approx([0.991734, 2.0], abs=1e-6)
+    assert out.components.tolist() == [[0.5, 2.0], [2.0, 0.0]]
+    # temperature 0.5: -0.5 * log((e^-1 + e^-4) / 2) = -0.5 * log(0.193098) = 0.822280
+    half = gaussian_mapping(_probs(), _targets(), MEAN, STD, eps=0.0, aggregation="softmin:0.5")
+    assert half.reward.tolist() == pytest.approx([0.822280, 2.0], abs=1e-6)
+    # the limits: a tiny temperature is the minimum, a huge one the mean
+    cold = gaussian_mapping(_probs(), _targets(), MEAN, STD, eps=0.0, aggregation="softmin:0.001")
+    hot = gaussian_mapping(_probs(), _targets(), MEAN, STD, eps=0.0, aggregation="softmin:1000")
+    assert cold.reward.tolist() == pytest.approx([0.5 + 0.001 * math.log(2), 2.0], abs=1e-9)
+    assert hot.reward.tolist() == pytest.approx([1.25, 2.0], abs=1e-3)
+    # a row naming nothing gets 0, as under the other aggregations
+    nothing = map_rewards(
+        "gaussian",
+        _probs(),
+        torch.tensor([[-1, -1], [2, -1]]),
+        mean=MEAN,
+        std=STD,
+        eps=0.0,
+        aggregation="softmin",
+    )
+    assert nothing.reward.tolist() == [0.0, 2.0]
+
+
+def test_softmin_spreads_the_gradient_by_softmax_of_the_negated_terms() -> None:
+    # d softmin / d z_k = softmax(-z / tau)_k: for z = (0.5, 2), tau = 1 -> e^-0.5 / (e^-0.5 + e^-2) =
+    # 0.817574 on the worse term and 0.182426 on the better one (min would give 1 and 0, mean 0.5 and 0.5)
+    probs = _probs().requires_grad_(True)
+    out = gaussian_mapping(probs, _targets(), MEAN, STD, eps=0.0, aggregation="softmin")
+    out.reward[0].backward()
+    # z_k = (p_k[t_k] - mu) / sigma with sigma 0.5 (head 0, level 1) and 0.125 (head 1, level 0)
+    assert probs.grad[0, 0, 1].item() == pytest.approx(0.817574 / 0.5, abs=1e-6)
+    assert probs.grad[0, 1, 0].item() == pytest.approx(0.182426 / 0.125, abs=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["max", "softmin:0", "softmin:-1", "softmin:abc", "softmin:inf", "min:2"])
+def test_bad_aggregation_specs(spec: str) -> None:
+    with pytest.raises(ValueError, match="aggregation"):
+        map_rewards("gaussian", _probs(), _targets(), mean=MEAN, std=STD, aggregation=spec)
