@@ -1,4 +1,4 @@
-"""Map the RM's per-head class probabilities to one scalar reward per row (DESIGN §1.3).
+"""Map the RM's per-head class probabilities to one scalar reward per row (`docs/concepts.md`, section 4).
 
 Shapes used throughout: ``N`` rows, ``K`` heads (preference dimensions), ``L`` the largest number of
 levels over heads. ``probs: [N, K, L]`` holds each head's softmax, padded with exact zeros at the levels a

@@ -1,4 +1,4 @@
-"""Running statistics of the predicted probability of every (head, level) (DESIGN §1.2).
+"""Running statistics of the predicted probability of every (head, level) (`docs/concepts.md`, section 3).
 
 The gaussian reward mapping standardizes ``p_k[t]`` by a mean and std per (head, level). A callback keeps
 them while the RM trains in two steps, with an all-reduce across ranks between them:
