@@ -102,6 +102,8 @@ def _masked_mean(components: Tensor, mask: Tensor, aggregation: str = "mean") ->
         return MappedReward(torch.where(named, worst, torch.zeros_like(worst)), components, mask)
     if kind == "softmin":
         scaled = torch.where(mask, -components / temperature, torch.full_like(components, -torch.inf))
+        # A row naming nothing would take logsumexp of -inf only: a NaN gradient even where it is discarded.
+        scaled = torch.where(named.unsqueeze(-1), scaled, torch.zeros_like(scaled))
         soft = -temperature * (torch.logsumexp(scaled, dim=-1) - count.log())
         return MappedReward(torch.where(named, soft, torch.zeros_like(soft)), components, mask)
     return MappedReward(components.sum(dim=-1) / count, components, mask)

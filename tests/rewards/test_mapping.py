@@ -369,3 +369,12 @@ def test_softmin_spreads_the_gradient_by_softmax_of_the_negated_terms() -> None:
 def test_bad_aggregation_specs(spec: str) -> None:
     with pytest.raises(ValueError, match="aggregation"):
         map_rewards("gaussian", _probs(), _targets(), mean=MEAN, std=STD, aggregation=spec)
+
+
+def test_softmin_gradient_is_finite_with_a_row_naming_nothing() -> None:
+    probs = _probs().requires_grad_(True)
+    out = gaussian_mapping(probs, torch.tensor([[-1, -1], [2, -1]]), MEAN, STD, aggregation="softmin")
+    out.reward.sum().backward()
+    assert out.reward[0].item() == 0.0
+    assert torch.isfinite(probs.grad).all()
+    assert probs.grad[0].abs().sum().item() == 0.0  # the unnamed row gets no gradient
