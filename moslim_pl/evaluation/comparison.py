@@ -15,7 +15,8 @@ extreme levels of all dimensions. Each method turns a request into its own contr
 Measured per method: per dimension, Spearman's rho between requested and oracle level over the
 single-dimension requests and the hit rate (oracle level == requested) over every request naming it;
 ``joint_hit_rate``, the share of answers to requests naming two or more dimensions that hit every named
-dimension; ``empty_rate``, the share of all answers with nothing in them; the mean mapped reward (the
+dimension; ``empty_rate``, the share of all answers with nothing in them, and ``empty_by_request``, how many
+of them each request got (keyed by its prefix, e.g. ``"<formality 0>"``); the mean mapped reward (the
 RM's Gaussian mapping of the request) over all answers; the compute of its training runs
 (``compute.json`` files of ``ComputeCallback``), in device-hours and tokens; and
 ``train_eval_prompt_overlap``, the number of evaluation prompts found (prefix stripped) in the training
@@ -108,7 +109,7 @@ def evaluate(
     rm_reward: Callable[[list[str], list[str]], torch.Tensor],
 ) -> dict[str, Any]:
     """One method's row of the table (see the module docstring); ``rm_reward(prefixed, responses) -> [N]``."""
-    from moslim_pl.evaluation.text_metrics import empty_rate
+    from moslim_pl.evaluation.text_metrics import empty_rate, is_empty
 
     requested: dict[str, list[int]] = {d.name: [] for d in dimensions}
     achieved: dict[str, list[int]] = {d.name: [] for d in dimensions}
@@ -116,9 +117,11 @@ def evaluate(
     joint_hits: list[bool] = []
     answers: list[str] = []
     rewards: list[float] = []
+    empty_by_request: dict[str, int] = {}
     for request in request_grid(dimensions):
         responses = responder(list(prompts), request)
         answers += responses
+        empty_by_request[format_prefix(request, "")] = sum(is_empty(text) for text in responses)
         prefixed = [format_prefix(request, p) for p in prompts]
         rewards += rm_reward(prefixed, responses).tolist()
         levels = [oracle(p, r) for p, r in zip(prompts, responses, strict=True)]
@@ -140,6 +143,7 @@ def evaluate(
         "mean_rho": sum(spearman(requested[n], achieved[n]) for n in requested) / len(requested),
         "joint_hit_rate": sum(joint_hits) / len(joint_hits) if joint_hits else 0.0,
         "empty_rate": empty_rate(answers),
+        "empty_by_request": empty_by_request,
         "mean_reward": sum(rewards) / len(rewards),
     }
 

@@ -84,13 +84,14 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
     return len(seen) / total if total else 0.0
 
 
-def _is_empty(text: str) -> bool:
+def is_empty(text: str) -> bool:
+    """Whether an answer has nothing in it (no non-whitespace character)."""
     return not text.strip()
 
 
 def empty_rate(texts: Sequence[str]) -> float:
     """The share of answers with no non-whitespace character; ``0.0`` when there is no answer."""
-    return sum(_is_empty(text) for text in texts) / len(texts) if len(texts) else 0.0
+    return sum(is_empty(text) for text in texts) / len(texts) if len(texts) else 0.0
 
 
 def no_eos_rate(finished: Sequence[bool]) -> float:
@@ -165,13 +166,13 @@ class Relevance:
         if len(questions) != len(answers):
             raise MoslimError(f"Relevance got {len(questions)} questions but {len(answers)} answers")
         # each distinct text is embedded once: several sampled answers usually share one question
-        unique = list(dict.fromkeys([*questions, *(a for a in answers if not _is_empty(a))]))
+        unique = list(dict.fromkeys([*questions, *(a for a in answers if not is_empty(a))]))
         if not unique:
             return [0.0] * len(answers)
         row = {text: i for i, text in enumerate(unique)}
         embeddings = self.embed(unique)
         return [
-            0.0 if _is_empty(a) else float(embeddings[row[q]] @ embeddings[row[a]])
+            0.0 if is_empty(a) else float(embeddings[row[q]] @ embeddings[row[a]])
             for q, a in zip(questions, answers, strict=True)
         ]
 

@@ -76,6 +76,11 @@ def test_evaluate_table_on_a_fake_policy(tmp_path) -> None:
     assert row["empty_rate"] == 0.0
     silent = evaluate(lambda prompts, request: [""] * len(prompts), prompts, DIMENSIONS, oracle, rm_reward)
     assert silent["empty_rate"] == 1.0
+    # every request of the grid (4 + 3 + 4 single levels, 8 combinations) answered empty by both prompts
+    assert len(silent["empty_by_request"]) == 19
+    assert set(silent["empty_by_request"].values()) == {2}
+    assert silent["empty_by_request"]["<formality 0>"] == 2
+    assert row["empty_by_request"]["<verbosity 0> <formality 2> <helpfulness 3>"] == 0
     # "" is verbosity 0, casual, no keyword: the combination (0, 0, 0) is hit, 1 of 8
     assert silent["joint_hit_rate"] == pytest.approx(1 / 8)
     file = tmp_path / "compute.json"
