@@ -12,8 +12,8 @@
 # then answers the same held-out prompts for the same grid of requests with every method
 # (moslim_pl/evaluation/comparison.py) and writes OUTDIR/comparison.json and the table. It also trains
 # three reward models with labels coarsened to 2, 3 and all levels (OUTDIR/granularity.json).
-# Two lanes run side by side (one per core): 15 minutes on 2 CPU cores before moslim_joint was added, which
-# adds one 1,200-step RLOO run to a lane (docs/paper_comparison.md).
+# Two lanes run side by side (one per core): 11-13 minutes per seed on an otherwise idle 2-core machine
+# (docs/paper_comparison.md).
 #
 # Seeds: SEED=n passes --seed_everything n to every stage (initial weights, dropout, RL sampling); the
 # synthetic world, the prompt split and the prompt order keep their own seeds, so every seed answers the
