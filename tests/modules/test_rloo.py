@@ -241,6 +241,30 @@ def test_penalties_for_cut_and_empty_responses() -> None:
     assert torch.equal(penalize(reward, rollout, None, None), reward)
 
 
-def test_empty_penalty_reaches_the_module(formality_rm: Path) -> None:
-    module = RLOOModule(reward_model=str(formality_rm), missing_eos_penalty=1.0, empty_penalty=2.0)
-    assert (module.hparams.missing_eos_penalty, module.hparams.empty_penalty) == (1.0, 2.0)
+@pytest.mark.parametrize("stage", ["rloo", "ppo", "online_dpo"])
+def test_every_stage_passes_its_penalties_to_the_reward(
+    stage: str, formality_prompts, rl_trainer, formality_rm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    from moslim_pl.modules import OnlineDPOModule, PPOModule
+    from moslim_pl.rollout import penalize
+
+    module_file = importlib.import_module(f"moslim_pl.modules.{stage}")
+    seen: list[tuple] = []
+
+    def recording(reward, rollout, missing_eos_penalty, empty_penalty):
+        seen.append((missing_eos_penalty, empty_penalty))
+        return penalize(reward, rollout, missing_eos_penalty, empty_penalty)
+
+    monkeypatch.setattr(module_file, "penalize", recording)
+    cls = {"rloo": RLOOModule, "ppo": PPOModule, "online_dpo": OnlineDPOModule}[stage]
+    module = cls(
+        reward_model=str(formality_rm),
+        max_new_tokens=4,
+        missing_eos_penalty=0.5,
+        empty_penalty=2.0,
+        log_samples_every_n_steps=None,
+    )
+    rl_trainer(1).fit(module, DataLoader(formality_prompts(2, 2, seed=0), batch_size=2))
+    assert seen and set(seen) == {(0.5, 2.0)}
