@@ -351,6 +351,16 @@ def _user_error(err: BaseException) -> MoslimError | None:
     return None
 
 
+def _close_process_group() -> None:
+    """Destroy the default process group a multi-process run created, before the interpreter exits.
+
+    Lightning leaves it alive; gloo's worker threads then meet the interpreter's teardown and the process
+    can abort with ``terminate called without an active exception`` (exit -6) after a run that finished.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``moslim-pl`` console script."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -362,6 +372,7 @@ def main(args: list[str] | None = None) -> None:
             sys.stdout.write(help_text)
             return
         MoslimCLI(args=args)
+        _close_process_group()
     except Exception as err:
         user_error = _user_error(err)
         if user_error is None or os.environ.get("MOSLIM_DEBUG"):

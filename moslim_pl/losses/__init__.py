@@ -28,7 +28,7 @@ from moslim_pl.losses.ppo import (
     token_rewards,
     whiten,
 )
-from moslim_pl.losses.rloo import rloo_advantages, rloo_loss
+from moslim_pl.losses.rloo import rloo_advantages, rloo_loss, scale_advantages
 from moslim_pl.losses.sft import response_nll
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "response_nll",
     "rloo_advantages",
     "rloo_loss",
+    "scale_advantages",
     "shape_rewards",
     "token_kl",
     "token_rewards",

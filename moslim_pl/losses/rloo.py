@@ -34,6 +34,17 @@ def rloo_advantages(rewards: Tensor, k: int) -> Tensor:
     return (groups - baseline).reshape(-1)
 
 
+def scale_advantages(advantages: Tensor, eps: float = 1e-8) -> Tensor:
+    """Advantages ``[N] -> [N]`` divided by their standard deviation over the batch (population std).
+
+    RLOO's advantages already sum to 0 within each prompt's group, so only the scale changes: the
+    update's size no longer depends on the reward's units (a mapping whose values spread over 0.1 teaches
+    as fast as one spread over 10). A batch whose advantages are all 0 stays 0.
+    """
+    std = advantages.float().pow(2).mean().sub(advantages.float().mean().pow(2)).clamp(min=0).sqrt()
+    return advantages / (std + eps).to(advantages.dtype)
+
+
 def rloo_loss(
     logprobs: Tensor,
     old_logprobs: Tensor,

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from moslim_pl.errors import MoslimError
 from moslim_pl.losses.kl import kl_controller, kl_estimate, shape_rewards
-from moslim_pl.losses.rloo import rloo_advantages, rloo_loss
+from moslim_pl.losses.rloo import rloo_advantages, rloo_loss, scale_advantages
 from moslim_pl.models.lora import LoRAConfig
 from moslim_pl.modules.policy import PolicyModule
 from moslim_pl.rollout import (
@@ -78,6 +78,9 @@ class RLOOModule(PolicyModule):
             horizon counted in samples (Ziegler et al.); ``None`` keeps ``beta`` fixed.
         clip_ratio: PPO-style token ratio clipping; only bites with ``updates_per_rollout > 1``.
         updates_per_rollout: optimizer steps taken on each rollout (each is one ``global_step``).
+        normalize_advantages: divide each rollout's advantages by their standard deviation over the
+            batch (per rank), so the step size does not depend on the reward's units
+            (:func:`moslim_pl.losses.rloo.scale_advantages`); off by default (the RLOO paper's update).
         max_grad_norm: gradient norm clipping (``None``: off). The Trainer's ``gradient_clip_val`` (with its
             ``gradient_clip_algorithm``), when set, replaces it; the Trainer's ``accumulate_grad_batches N``
             takes one optimizer step every N rollouts (with ``updates_per_rollout=1``).
@@ -122,6 +125,7 @@ class RLOOModule(PolicyModule):
         kl_horizon: float = 10000.0,
         clip_ratio: float | None = None,
         updates_per_rollout: int = 1,
+        normalize_advantages: bool = False,
         max_grad_norm: float | None = 1.0,
         learning_rate: float = 1e-5,
         weight_decay: float = 0.0,
@@ -204,6 +208,8 @@ class RLOOModule(PolicyModule):
                 old_logprobs = logprobs.detach()
                 kl = kl_estimate(old_logprobs, ref_logprobs, mask)
                 advantages = rloo_advantages(shape_rewards(reward, kl, kl_coef), hp.num_samples)
+                if hp.normalize_advantages:
+                    advantages = scale_advantages(advantages)
                 entropy = (entropy_from_logits(logits.detach()) * mask).sum() / mask.sum().clamp(min=1)
             loss, stats = rloo_loss(logprobs, old_logprobs, advantages, mask, hp.clip_ratio)
             if first:

@@ -9,7 +9,7 @@ import torch
 
 from moslim_pl.errors import MoslimError
 from moslim_pl.losses.kl import AdaptiveKLController, FixedKLController, shape_rewards
-from moslim_pl.losses.rloo import rloo_advantages, rloo_loss
+from moslim_pl.losses.rloo import rloo_advantages, rloo_loss, scale_advantages
 
 
 def test_advantages_k2_by_hand() -> None:
@@ -127,3 +127,16 @@ def test_fixed_kl_controller_and_bad_arguments() -> None:
         AdaptiveKLController(0.1, target=0.0, horizon=10)
     with pytest.raises(MoslimError, match="clip_ratio"):
         rloo_loss(LOGPROBS, LOGPROBS, ADVANTAGES, MASK, clip_ratio=0.0)
+
+
+def test_scale_advantages_divides_by_the_batch_std():
+    # two groups of k=2: advantages (0.1, -0.1, 0.3, -0.3); mean 0, population std sqrt((0.01+0.01+0.09+0.09)/4)
+    advantages = torch.tensor([0.1, -0.1, 0.3, -0.3])
+    std = (0.2 / 4) ** 0.5  # 0.223607
+    scaled = scale_advantages(advantages)
+    torch.testing.assert_close(scaled, torch.tensor([0.1, -0.1, 0.3, -0.3]) / std)
+    torch.testing.assert_close(scaled, torch.tensor([0.447214, -0.447214, 1.341641, -1.341641]), atol=1e-5, rtol=0)
+    # same reward ordering whatever the units: rewards x 100 give the same scaled advantages
+    torch.testing.assert_close(scale_advantages(advantages * 100), scaled)
+    # a batch with no signal stays 0 (no division by zero)
+    assert torch.equal(scale_advantages(torch.zeros(4)), torch.zeros(4))
