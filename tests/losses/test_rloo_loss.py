@@ -135,7 +135,9 @@ def test_scale_advantages_divides_by_the_batch_std():
     std = (0.2 / 4) ** 0.5  # 0.223607
     scaled = scale_advantages(advantages)
     torch.testing.assert_close(scaled, torch.tensor([0.1, -0.1, 0.3, -0.3]) / std)
-    torch.testing.assert_close(scaled, torch.tensor([0.447214, -0.447214, 1.341641, -1.341641]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        scaled, torch.tensor([0.447214, -0.447214, 1.341641, -1.341641]), atol=1e-5, rtol=0
+    )
     # same reward ordering whatever the units: rewards x 100 give the same scaled advantages
     torch.testing.assert_close(scale_advantages(advantages * 100), scaled)
     # a batch with no signal stays 0 (no division by zero)
