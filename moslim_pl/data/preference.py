@@ -202,7 +202,7 @@ class PreferenceDataModule(SamplerStateMixin, TokenizedDataModule):
             return
 
         def spec(dims: Sequence[Dimension]) -> list[tuple]:
-            return [(d.name, d.low, d.high, d.bins) for d in dims]
+            return [(d.name, d.low, d.high, d.num_levels, d.edges) for d in dims]
 
         if spec(heads) != spec(self.dimensions):
             raise MoslimError(
