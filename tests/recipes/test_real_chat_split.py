@@ -21,7 +21,9 @@ def test_rl_prompts_are_the_reward_models_training_prompts(helpsteer_sample: Pat
     rm_args = _data_args(CONFIGS / "reward_model" / "real_chat-minilm.yaml")
     rl_args = _data_args(CONFIGS / "policy" / "real_chat-smollm2-cpu.yaml")
     assert (rm_args["seed"], rm_args["val_fraction"]) == (rl_args["seed"], rl_args["val_fraction"])
-    assert rm_args["dimensions"] == rl_args["dimensions"]
+    # RL trains a subset of the heads, each declared exactly as the reward model's
+    rm_heads = {d["name"]: d for d in rm_args["dimensions"]}
+    assert rl_args["dimensions"] and all(rm_heads[d["name"]] == d for d in rl_args["dimensions"])
     source = {"path": "json", "data_files": str(helpsteer_sample)}
     dimensions = [Dimension(**d) for d in rm_args["dimensions"]]
     rm_data = PreferenceDataModule(
