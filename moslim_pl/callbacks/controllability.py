@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 def report(module: Any, records: Tensor, tag: str, name: str) -> dict[str, dict]:
     """Gather a LightningModule's sweep records from every rank, summarize, log and write them.
 
-    Logs ``<tag>/spearman_oracle/<dim>`` and ``<tag>/spearman_rm/<dim>`` through ``module.log``, a
+    Logs ``<tag>/spearman_oracle/<dim>`` and ``<tag>/spearman_rm/<dim>`` (through ``module.log`` in the
+    test loop; during fit straight to the loggers at ``global_step``, once per sweep), a
     figure ``<tag>/controllability`` to the loggers that take figures (``callbacks/media.py``), and writes ``<name>.json`` / ``<name>.png`` into the
     trainer's log dir (rank 0). ``records [M, 4]`` (:func:`moslim_pl.evaluation.controllability.sweep_records`) must have the same ``M`` on
     every rank (a distributed sampler pads the ranks evenly). Returns the table.
@@ -29,11 +30,23 @@ def report(module: Any, records: Tensor, tag: str, name: str) -> dict[str, dict]
     gathered = module.all_gather(records)
     records = gathered.flatten(0, 1) if gathered.dim() == 3 else gathered
     table = controllability.summarize(module.rm.dimensions, records.double().cpu())
+    scalars = {}
     for dim, row in table.items():
-        module.log(f"{tag}/spearman_rm/{dim}", row["spearman_rm"], rank_zero_only=True)
+        scalars[f"{tag}/spearman_rm/{dim}"] = row["spearman_rm"]
         if row["spearman_oracle"] is not None:
-            module.log(f"{tag}/spearman_oracle/{dim}", row["spearman_oracle"], rank_zero_only=True)
+            scalars[f"{tag}/spearman_oracle/{dim}"] = row["spearman_oracle"]
     trainer = module.trainer
+    if trainer.training:
+        # A sweep during fit is one measurement at one step. Through module.log, Lightning would write
+        # its values again at every later logging step of the epoch (a flat, invented curve), so they go
+        # straight to the loggers, and into callback_metrics for the model card.
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(scalars, step=trainer.global_step)
+        trainer.callback_metrics.update({k: torch.tensor(float(v)) for k, v in scalars.items()})
+    else:
+        for key, value in scalars.items():
+            module.log(key, value, rank_zero_only=True)
     # trainer.log_dir broadcasts from rank 0: a collective that every rank must join
     out_dir = Path(trainer.log_dir or trainer.default_root_dir)
     if trainer.is_global_zero:

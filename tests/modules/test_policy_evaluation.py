@@ -36,6 +36,16 @@ def _images(log_dir: Path) -> list[str]:
     return tags
 
 
+def _scalar_steps(log_dir: Path) -> dict[str, list[int]]:
+    steps: dict[str, list[int]] = {}
+    for file in log_dir.rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(file), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            steps.setdefault(tag, []).extend(e.step for e in accumulator.Scalars(tag))
+    return {tag: sorted(found) for tag, found in steps.items()}
+
+
 def test_test_loop_sweeps_every_dimension_and_level(formality_rm, rl_trainer, tmp_path: Path) -> None:
     module = _module(formality_rm)
     data = PromptDataModule(num_test_prompts=3, eval_batch_size=2)
@@ -61,9 +71,18 @@ def test_sweep_callback_logs_every_n_steps(formality_rm, rl_trainer, tmp_path: P
     data = PromptDataModule(num_test_prompts=4, batch_size=2)
     callback = ControllabilityCallback(every_n_train_steps=2, num_prompts=2)
     trainer = rl_trainer(
-        4, logger=TensorBoardLogger(tmp_path, name="cb"), callbacks=[callback], limit_val_batches=0
+        4,
+        logger=TensorBoardLogger(tmp_path, name="cb"),
+        callbacks=[callback],
+        limit_val_batches=0,
+        log_every_n_steps=1,
     )
     trainer.fit(module, datamodule=data)
+    # each sweep is written once, at its step (Lightning's self.log re-wrote it at steps 3 and 4 too)
+    steps = _scalar_steps(tmp_path)
+    assert steps["sweep/spearman_rm/verbosity"] == [2, 4]
+    assert steps["sweep/spearman_oracle/formality"] == [2, 4]
+    assert "sweep/spearman_rm/verbosity" in trainer.callback_metrics  # what the model card reads
     written = sorted(p.name for p in Path(trainer.log_dir).glob("controllability_step*.json"))
     assert written == ["controllability_step2.json", "controllability_step4.json"]
     table = json.loads((Path(trainer.log_dir) / "controllability_step4.json").read_text())
