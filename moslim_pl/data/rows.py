@@ -80,6 +80,8 @@ class SyntheticConfig:
     responses_per_prompt: int = 4
     seed: int = 0
     label_noise: float = 0.0
+    repeat_rate: float = 0.0
+    """Share of responses that repeat some of their topic keywords (same oracle levels)."""
 
 
 class PreferenceRow(NamedTuple):

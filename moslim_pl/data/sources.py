@@ -82,7 +82,9 @@ def load_source(
         raise DataError(f"{desc}: max_rows must be at least 1, got {source.max_rows}")
     if source.is_synthetic:
         cfg = synthetic or SyntheticConfig()
-        rows = generate_rows(cfg.num_prompts, cfg.responses_per_prompt, cfg.seed, cfg.label_noise)
+        rows = generate_rows(
+            cfg.num_prompts, cfg.responses_per_prompt, cfg.seed, cfg.label_noise, repeat_rate=cfg.repeat_rate
+        )
         dataset = datasets.Dataset.from_list(rows)
     else:
         path, data_files = source.path, source.data_files

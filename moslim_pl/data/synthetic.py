@@ -249,14 +249,26 @@ def _keyword_list(keywords: list[str]) -> str:
 
 
 def generate_response(
-    topic: str, levels: dict[str, int], rng: random.Random, distractor_rate: float = 0.0
+    topic: str,
+    levels: dict[str, int],
+    rng: random.Random,
+    distractor_rate: float = 0.0,
+    repeat_rate: float = 0.0,
+    repeat_rng: random.Random | None = None,
 ) -> str:
-    """A response about ``topic`` whose oracle levels are ``levels`` (all three dimensions)."""
+    """A response about ``topic`` whose oracle levels are ``levels`` (all three dimensions).
+
+    With ``repeat_rate``, that share of the responses that mention keywords mention 1-4 of them once
+    more (drawn from ``repeat_rng``): the oracle counts distinct keywords, so the levels do not change.
+    """
     num_sentences = rng.choice(_SENTENCE_COUNTS[levels["verbosity"]])
     keywords = rng.sample(TOPICS[topic], _KEYWORD_COUNTS[levels["helpfulness"]])
     if rng.random() < distractor_rate:
         other = rng.choice([t for t in TOPICS if t != topic])
         keywords.append(rng.choice(TOPICS[other]))
+    if repeat_rate and keywords and repeat_rng is not None and repeat_rng.random() < repeat_rate:
+        own = [k for k in keywords if k in TOPICS[topic]] or keywords
+        keywords += repeat_rng.choices(own, k=repeat_rng.randint(1, 4))
     rng.shuffle(keywords)
 
     # Cut the keywords into 1..num_sentences non-empty groups, one keyword sentence each.
@@ -289,6 +301,7 @@ def generate_rows(
     seed: int = 0,
     label_noise: float = 0.0,
     distractor_rate: float = 0.0,
+    repeat_rate: float = 0.0,
 ) -> list[dict]:
     """Oracle-labelled pointwise rows ``{"prompt", "response", "verbosity", "formality", "helpfulness"}``.
 
@@ -296,15 +309,19 @@ def generate_rows(
     responses whose levels are drawn uniformly and independently per dimension. With ``label_noise``
     each label is, with that probability, replaced by a uniformly drawn other level (the response is
     unchanged). ``distractor_rate`` is the share of responses that also mention one keyword of another
-    topic (which the oracle does not count).
+    topic (which the oracle does not count). ``repeat_rate`` is the share of responses with keywords
+    that mention some of them again (the oracle counts distinct keywords: same levels), so that a
+    reward model learns that repeating a keyword is not mentioning another one.
     """
-    if not 0.0 <= label_noise <= 1.0:
-        raise MoslimError(f"label_noise must be in [0, 1], got {label_noise}")
+    for name, rate in (("label_noise", label_noise), ("repeat_rate", repeat_rate)):
+        if not 0.0 <= rate <= 1.0:
+            raise MoslimError(f"{name} must be in [0, 1], got {rate}")
     if responses_per_prompt < 0:
         raise MoslimError(f"responses_per_prompt must be >= 0, got {responses_per_prompt}")
     rng = _rng("rows", seed)
     # Noise has its own stream so that the same seed gives the same responses with or without noise.
     noise_rng = _rng("noise", seed)
+    repeat_rng = _rng("repeats", seed)  # likewise: repeat_rate 0 leaves every response as it was
     ranges = {d.name: range(d.min_level, d.max_level + 1) for d in DIMENSIONS}
     rows: list[dict] = []
     for prompt in generate_prompts(num_prompts, seed):
@@ -312,7 +329,7 @@ def generate_rows(
         assert topic is not None, prompt  # every prompt template names a topic
         for _ in range(responses_per_prompt):
             levels = {name: rng.choice(r) for name, r in ranges.items()}
-            response = generate_response(topic, levels, rng, distractor_rate)
+            response = generate_response(topic, levels, rng, distractor_rate, repeat_rate, repeat_rng)
             if label_noise:
                 for name, true in levels.items():
                     if noise_rng.random() < label_noise:

@@ -80,6 +80,23 @@ def test_distractors_do_not_count() -> None:
     assert clean.isdisjoint(r["response"] for r in noisy)
 
 
+def test_repeated_keywords_keep_the_oracle_levels() -> None:
+    repeated = generate_rows(100, 8, seed=4, repeat_rate=1.0)
+    with_keywords = 0
+    for row in repeated:
+        assert oracle(row["prompt"], row["response"]) == _labels(row), row
+        tokens = synthetic.tokenize(row["response"])
+        mentions = [t for t in tokens if t in TOPICS[synthetic.topic_of(row["prompt"])]]
+        if mentions:  # every response with keywords repeats 1-4 of them: more mentions than distinct ones
+            with_keywords += 1
+            assert 1 <= len(mentions) - len(set(mentions)) <= 4, row
+    assert with_keywords > 500
+    # a rate of 0 is the default world, response for response
+    assert generate_rows(20, 4, seed=4, repeat_rate=0.0) == generate_rows(20, 4, seed=4)
+    with pytest.raises(MoslimError, match="repeat_rate"):
+        generate_rows(2, 2, repeat_rate=1.5)
+
+
 def test_generated_samples_sit_inside_buckets(rows: list[dict]) -> None:
     # Generation uses only central counts, so a learner never has to split adjacent counts of keywords.
     for row in rows:
