@@ -183,7 +183,7 @@ def main() -> None:
     one.add_argument("--out", required=True, help="the JSON file of answers and measurements")
     one.add_argument("--limit", type=int, default=None, help="first N questions only")
     one.add_argument("--dimensions", nargs="*", default=None, help="sweep these heads only (default: all)")
-    one.add_argument("--max-new-tokens", type=int, default=128, help="as the policy trained")
+    one.add_argument("--max-new-tokens", type=int, default=160, help="as the policy trained")
     one.add_argument("--max-prompt-length", type=int, default=128)
     one.add_argument("--batch-size", type=int, default=80)
     one.add_argument("--bf16", action="store_true", help="bf16 autocast (CPUs with AVX512-BF16, GPUs)")

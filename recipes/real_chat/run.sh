@@ -39,7 +39,6 @@ fi
 RM="$OUT/real_chat_rm/version_0/export"
 POLICY="$OUT/real_chat_rloo/version_0/export"
 START=HuggingFaceTB/SmolLM2-135M-Instruct
-TOKENS=128  # the answers' budget, as configs/policy/real_chat-smollm2-cpu.yaml's max_new_tokens
 common=(--trainer.logger.init_args.save_dir "$OUT" --trainer.logger.init_args.version 0
         --trainer.enable_progress_bar false)
 
@@ -61,7 +60,7 @@ for which in start trained; do
   policy=$([[ $which == start ]] && echo "$START" || echo "$POLICY")
   if [[ ! -f "$OUT/eval/$which.json" ]]; then
     python recipes/real_chat/evaluate.py sweep --policy "$policy" --reward-model "$RM" \
-      --questions "$MT_BENCH" --out "$OUT/eval/$which.json" --max-new-tokens "$TOKENS" "${bf16[@]}" ${LIMIT:+--limit "$LIMIT"}
+      --questions "$MT_BENCH" --out "$OUT/eval/$which.json" "${bf16[@]}" ${LIMIT:+--limit "$LIMIT"}
   fi
 done
 
