@@ -41,7 +41,7 @@ def scale_advantages(advantages: Tensor, eps: float = 1e-8) -> Tensor:
     update's size no longer depends on the reward's units (a mapping whose values spread over 0.1 teaches
     as fast as one spread over 10). A batch whose advantages are all 0 stays 0.
     """
-    std = advantages.float().pow(2).mean().sub(advantages.float().mean().pow(2)).clamp(min=0).sqrt()
+    std = advantages.float().std(correction=0)
     return advantages / (std + eps).to(advantages.dtype)
 
 
