@@ -115,6 +115,7 @@ def run(args: argparse.Namespace, spec: dict[str, Any], workdir: Path) -> dict[s
     from moslim_pl.callbacks import ComputeCallback
     from moslim_pl.data.synthetic import generate_prompts
     from moslim_pl.modules import RLOOModule
+    from moslim_pl.modules.settings import OptimConfig, SamplingConfig
 
     rss_after_imports = status_bytes("VmRSS")
     seed_everything(0)
@@ -123,13 +124,13 @@ def run(args: argparse.Namespace, spec: dict[str, Any], workdir: Path) -> dict[s
         policy=spec["policy"],
         reward_model=spec["rm"],
         tiny_config=spec["tiny_config"],
-        chat_template=spec["chat_template"],
         num_samples=args.num_samples,
-        max_new_tokens=args.max_new_tokens,
-        max_prompt_length=64,
-        learning_rate=1e-5,
         log_samples_every_n_steps=None,
         lora=lora,
+        sampling=SamplingConfig(
+            chat_template=spec["chat_template"], max_new_tokens=args.max_new_tokens, max_prompt_length=64
+        ),
+        optim=OptimConfig(learning_rate=1e-5),
     )
     rss_after_build = status_bytes("VmRSS")
     trainer = Trainer(

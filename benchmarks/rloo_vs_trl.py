@@ -157,22 +157,24 @@ def _run_moslim(args: argparse.Namespace, spec: dict[str, Any], device: str, bat
     from torch.utils.data import DataLoader
 
     from moslim_pl.modules import RLOOModule
+    from moslim_pl.modules.settings import KLConfig, OptimConfig, RewardConfig, SamplingConfig
 
     seed_everything(args.seed)
     module = RLOOModule(
         policy=spec["policy"],
         reward_model=spec["rm"],
-        chat_template=spec["chat_template"],
         num_samples=args.num_samples,
-        max_new_tokens=args.max_new_tokens,
-        max_prompt_length=256,
-        temperature=1.0,
-        top_p=1.0,
-        kl_coef=args.kl_coef,
-        learning_rate=args.learning_rate,
-        max_grad_norm=1.0,
         log_samples_every_n_steps=None,
-        rm_batch_size=16,
+        sampling=SamplingConfig(
+            chat_template=spec["chat_template"],
+            max_new_tokens=args.max_new_tokens,
+            max_prompt_length=256,
+            temperature=1.0,
+            top_p=1.0,
+        ),
+        kl=KLConfig(coef=args.kl_coef),
+        optim=OptimConfig(learning_rate=args.learning_rate, max_grad_norm=1.0),
+        reward=RewardConfig(batch_size=16),
         **args.moslim_options,
     )
     generated: list[int] = []

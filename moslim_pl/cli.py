@@ -144,10 +144,13 @@ def install_optimizer(model: LightningModule, optimizer_init: Any | None, schedu
                     f"--optimizer replaces the stage's AdamW, which sets {what} ({name}={hparams[name]}): "
                     f"unset --model.{name} or drop --optimizer"
                 )
-    warmup = int(hparams.get("warmup_steps", 0) or 0)
+    # the policy stages keep it in their optim group (moslim_pl.modules.settings), the others flat
+    optim = hparams.get("optim")
+    key = "optim.warmup_steps" if isinstance(optim, dict) else "warmup_steps"
+    warmup = int((optim if isinstance(optim, dict) else hparams).get("warmup_steps", 0) or 0)
     if scheduler_init and warmup > 0:
         raise MoslimError(
-            f"--lr_scheduler replaces the stage's warm-up (warmup_steps={warmup}): set --model.warmup_steps 0 and "
+            f"--lr_scheduler replaces the stage's warm-up ({key}={warmup}): set --model.{key} 0 and "
             "the warm-up in the scheduler (moslim_pl.modules.optim.WarmupDecayLR --lr_scheduler.warmup_steps N)"
         )
     own = model.configure_optimizers
@@ -179,8 +182,8 @@ def names_epilog() -> str:
 
     return (
         f"Dataset schemas (--data.source.schema): {', '.join(sorted(SCHEMAS))}. "
-        f"Reward mappings (--model.mapping): {', '.join(MAPPINGS)}. "
-        f"Aggregations (--model.aggregation): {', '.join(AGGREGATIONS)} (softmin:<temperature>). "
+        f"Reward mappings (--model.reward.mapping): {', '.join(MAPPINGS)}. "
+        f"Aggregations (--model.reward.aggregation): {', '.join(AGGREGATIONS)} (softmin:<temperature>). "
         f"Short class names: --model {names(modules, LightningModule)}; "
         f"--data {names(data, LightningDataModule)}; "
         f"--trainer.callbacks+= {names(callbacks, Callback)} (and Lightning's own). "
@@ -321,9 +324,12 @@ def nested_help(args: Sequence[str]) -> str | None:
             f"--{group}.{option}.help: pick the {group} first (--config FILE or --{group} CLASS)"
         )
     cls = _resolve_class(class_path, group)
-    hints = typing.get_type_hints(cls.__init__)
-    if option not in inspect.signature(cls.__init__).parameters:
+    # a policy stage takes its base's options through **kwargs (moslim_pl.modules.policy): the class
+    # whose constructor names the option types it
+    owner = next((k for k in cls.__mro__ if option in inspect.signature(k.__init__).parameters), None)
+    if owner is None:
         raise MoslimError(f"--{group}.{option}.help: {cls.__name__} has no option {option!r}")
+    hints = typing.get_type_hints(owner.__init__)
     candidates = [t for t in typing.get_args(hints.get(option)) or (hints.get(option),) if inspect.isclass(t)]
     candidates = [t for t in candidates if t is not type(None) and dataclasses.is_dataclass(t)]
     if not candidates:

@@ -18,6 +18,7 @@ heads, ``L`` levels. No Lightning here: pure torch and transformers.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,7 @@ __all__ = [
     "encode_prompts",
     "entropy_from_logits",
     "generate",
+    "masked_logprobs",
     "penalize",
     "response_logits",
     "rollout_inputs",
@@ -151,6 +153,12 @@ def sequence_logprobs(
     :func:`response_logits` (``num_samples`` of a rollout runs each prompt once).
     """
     logits = response_logits(model, sequences, attention_mask, prompt_length, temperature, group_size)
+    return masked_logprobs(logits, sequences, prompt_length, response_mask)
+
+
+def masked_logprobs(logits: Tensor, sequences: Tensor, prompt_length: int, response_mask: Tensor) -> Tensor:
+    """The response tokens' log-probs ``[N, R]`` under ``logits [N, R, V]`` (:func:`response_logits`), 0
+    where ``response_mask`` is 0."""
     logprobs = token_logprobs(logits, sequences[:, prompt_length:])
     return torch.where(response_mask.bool(), logprobs, torch.zeros_like(logprobs))
 
@@ -164,16 +172,7 @@ def rollout_inputs(rollout: Rollout) -> tuple[Tensor, Tensor, int, Tensor]:
 
 
 def score_responses(
-    rm: MultiHeadRewardModel,
-    prompts: Sequence[Prompt],
-    responses: Sequence[str],
-    *,
-    mapping: str = "gaussian",
-    weights: Sequence[float] | None = None,
-    batch_size: int = 16,
-    sigma_floor: float = 0.0,
-    z_clip: float | None = None,
-    aggregation: str = "mean",
+    rm: MultiHeadRewardModel, prompts: Sequence[Prompt], responses: Sequence[str], **options: Any
 ) -> RewardOutput:
     """Reward ``N`` (prompt, response) pairs with the RM; targets come from each prompt's prefix.
 
@@ -181,24 +180,15 @@ def score_responses(
     ``Rollout.prompt_index``), never the policy's chat-templated text: the RM strips the prefix and
     re-tokenizes with its own tokenizer and encoding. A prompt without prefix gets the RM's default
     targets. A conversation (``Messages``) carries its prefix in its last user turn; the RM reads it there,
-    strips it and encodes the conversation as it encodes conversational training rows. ``sigma_floor``
-    and ``z_clip`` guard the ``gaussian`` mapping and ``aggregation`` combines
-    the named dimensions' terms (``MultiHeadRewardModel.score``).
+    strips it and encodes the conversation as it encodes conversational training rows. ``options``: the
+    keyword arguments of :meth:`MultiHeadRewardModel.score` (``mapping``, ``weights``, ``batch_size``,
+    ``sigma_floor``, ``z_clip``, ``aggregation``).
 
     Returns:
         :class:`ScoreOutput` of ordinary CPU tensors (float32 where float), requested classes and hits
         included.
     """
-    out = rm.score(
-        prompts,
-        responses,
-        mapping=mapping,
-        weights=weights,
-        batch_size=batch_size,
-        sigma_floor=sigma_floor,
-        z_clip=z_clip,
-        aggregation=aggregation,
-    )
+    out = rm.score(prompts, responses, **options)
     # clone(): score runs under inference_mode, and rewards feed the policy loss's autograd graph.
     return ScoreOutput(*(t.clone() for t in out))
 

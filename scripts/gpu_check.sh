@@ -245,7 +245,7 @@ MultiHeadRewardModel(backbone, DIMENSIONS, tokenizer=tokenizer).save_pretrained(
 EOF
 fi
 # the overrides come after every --config: a later config would reset them
-RL_ARGS=(--model.policy="$SFT_EXPORT" --model.reward_model="$RM_EXPORT" --model.max_new_tokens="$RL_TOKENS"
+RL_ARGS=(--model.policy="$SFT_EXPORT" --model.reward_model="$RM_EXPORT" --model.sampling.max_new_tokens="$RL_TOKENS"
   --trainer.limit_val_batches=1 --trainer.num_sanity_val_steps=0 --trainer.log_every_n_steps=1 "${COMMON[@]}")
 RLOO=configs/policy/rloo_quickstart.yaml
 

@@ -34,8 +34,8 @@ prompts of any of its training runs, read back from each run's ``config.yaml`` (
 
 ``data`` says where the evaluation prompts come from (the held-out split of the policy stage's
 ``PromptDataModule``: the synthetic world's size and seed, the split's seed and fraction) and how the
-policies read them (``max_prompt_length``, ``chat_template``): the settings of the training configs,
-never defaults. A method's ``train_runs`` (run folders; default: the folders of its ``compute`` files)
+policies read them (``max_prompt_length``, ``chat_template``: the training configs' ``model.sampling``
+values, as ``max_new_tokens`` is), never defaults. A method's ``train_runs`` (run folders; default: the folders of its ``compute`` files)
 are the runs whose training prompts the overlap counts.
 """
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoTokenizer,
     BertConfig,
@@ -283,31 +284,45 @@ def load_backbone(
     trust_remote_code: bool = False,
     gguf_file: str | None = None,
     dtype: torch.dtype | str | None = None,
+    model_class: Any = AutoModel,
 ) -> PreTrainedModel:
-    """The base model (no LM head) of a tiny id, hub id or folder.
+    """The base model (no head) of a tiny id, hub id or folder; with ``model_class``, that class's model.
 
     Args:
         name_or_path: one of ``TINY_BACKBONES``, a hub id or a local folder (an RM export works too).
         tokenizer: for tiny ids, the tokenizer that fixes the vocabulary size and pad id
             (default: ``load_tokenizer(name_or_path)``). Ignored otherwise.
         tiny_config: fields overriding the tiny config (e.g. ``{"hidden_size": 32}``).
+        trust_remote_code, gguf_file: passed to ``from_pretrained``.
         dtype: parameter dtype (``torch.bfloat16`` or ``"bfloat16"``); default: the checkpoint's.
+        model_class: the transformers auto class to build: ``AutoModel`` (default) or, from
+            :func:`load_causal_lm`, ``AutoModelForCausalLM``; a causal LM's folder is checked on its config
+            first, and an encoder refused (it would get a fresh LM head).
     """
     dtype = _as_dtype(dtype)
+    what = "causal LM" if model_class.__name__.endswith("ForCausalLM") else "backbone"
     if name_or_path in TINY_BACKBONES:
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name_or_path)
-        config = _tiny_config(name_or_path, tokenizer, tiny_config or {})
-        model = AutoModel.from_config(config)
+        model = model_class.from_config(_tiny_config(name_or_path, tokenizer, tiny_config or {}))
         return model.to(dtype) if isinstance(dtype, torch.dtype) else model
-    _check_local(name_or_path, "backbone")
+    _check_local(name_or_path, what)
     name_or_path, gguf_file = resolve_offline(name_or_path, gguf_file)
     kwargs = _weights_kwargs(trust_remote_code, gguf_file)
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
-        return AutoModel.from_pretrained(name_or_path, **kwargs)
+        if what == "causal LM":
+            config = AutoConfig.from_pretrained(name_or_path, **_hub_kwargs(trust_remote_code, gguf_file))
+            if is_encoder(config):
+                raise MoslimError(
+                    f"{name_or_path!r} is an encoder ({config.model_type}), not a decoder: it cannot generate"
+                )
+            kwargs["config"] = config  # passed on: reading it again from a GGUF file takes seconds
+        return model_class.from_pretrained(name_or_path, **kwargs)
+    except MoslimError:
+        raise
     except (OSError, ValueError, KeyError) as err:
-        raise MoslimError(f"cannot load backbone {name_or_path!r}: {_one_line(err)}") from err
+        raise MoslimError(f"cannot load {what} {name_or_path!r}: {_one_line(err)}") from err
 
 
 def is_encoder(config: PretrainedConfig) -> bool:
@@ -315,53 +330,26 @@ def is_encoder(config: PretrainedConfig) -> bool:
     return getattr(config, "model_type", None) in ENCODER_MODEL_TYPES
 
 
-def load_causal_lm(
-    name_or_path: str,
-    *,
-    tokenizer: PreTrainedTokenizerBase | None = None,
-    tiny_config: dict[str, Any] | None = None,
-    trust_remote_code: bool = False,
-    gguf_file: str | None = None,
-    dtype: torch.dtype | str | None = None,
-) -> PreTrainedModel:
+def load_causal_lm(name_or_path: str, **options: Any) -> PreTrainedModel:
     """A decoder with its LM head (``AutoModelForCausalLM``), the policy and reference model of RL stages.
 
-    Takes the arguments of :func:`load_backbone`. ``moslim/tiny-llama`` becomes a ``LlamaForCausalLM``
+    Takes the arguments of :func:`load_backbone` (``tokenizer``, ``tiny_config``, ``trust_remote_code``,
+    ``gguf_file``, ``dtype``; keywords only). ``moslim/tiny-llama`` becomes a ``LlamaForCausalLM``
     with untied input and output embeddings (Llama's default). When ``tokenizer`` is given (always for tiny
     ids) its eos and pad ids fill whatever the model's generation config lacks, so that generation stops
     and pads as the tokenizer expects. Encoders (``moslim/tiny-bert``, BERT folders) raise: they cannot
     generate.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM  # only RL stages need the LM head classes
+    from transformers import AutoModelForCausalLM  # only RL stages need the LM head class
 
-    dtype = _as_dtype(dtype)
     if name_or_path == "moslim/tiny-bert":
         raise MoslimError(
             "moslim/tiny-bert is an encoder, not a decoder: a causal LM needs moslim/tiny-llama"
         )
-    if name_or_path in TINY_BACKBONES:
-        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(name_or_path)
-        model = AutoModelForCausalLM.from_config(_tiny_config(name_or_path, tokenizer, tiny_config or {}))
-        model = model.to(dtype) if isinstance(dtype, torch.dtype) else model
-    else:
-        _check_local(name_or_path, "causal LM")
-        name_or_path, gguf_file = resolve_offline(name_or_path, gguf_file)
-        try:
-            # Checked on the config first: AutoModelForCausalLM would load BERT with a fresh LM head.
-            config = AutoConfig.from_pretrained(name_or_path, **_hub_kwargs(trust_remote_code, gguf_file))
-            if is_encoder(config):
-                raise MoslimError(
-                    f"{name_or_path!r} is an encoder ({config.model_type}), not a decoder: it cannot generate"
-                )
-            kwargs = _weights_kwargs(trust_remote_code, gguf_file)
-            if dtype is not None:
-                kwargs["dtype"] = dtype
-            # the config is passed on: reading it again from a GGUF file takes seconds
-            model = AutoModelForCausalLM.from_pretrained(name_or_path, config=config, **kwargs)
-        except MoslimError:
-            raise
-        except (OSError, ValueError, KeyError) as err:
-            raise MoslimError(f"cannot load causal LM {name_or_path!r}: {_one_line(err)}") from err
+    if options.get("tokenizer") is None and name_or_path in TINY_BACKBONES:
+        options["tokenizer"] = load_tokenizer(name_or_path)  # also fills the generation config below
+    model = load_backbone(name_or_path, model_class=AutoModelForCausalLM, **options)
+    tokenizer = options.get("tokenizer")
     if tokenizer is not None:
         generation = model.generation_config
         if generation.eos_token_id is None:
@@ -371,3 +359,17 @@ def load_causal_lm(
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def load_trainable_causal_lm(
+    name_or_path: str, *, tiny_config: dict[str, Any] | None = None, trust_remote_code: bool = False
+) -> tuple[PreTrainedTokenizerBase, PreTrainedModel]:
+    """``(tokenizer, model)`` of a policy to train (SFT, the RL stages): :func:`load_tokenizer` and
+    :func:`load_causal_lm`, the model built outside inference mode (``validate`` and ``test`` may build a
+    LightningModule under it, and parameters made there could never train)."""
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+    with torch.inference_mode(False):
+        model = load_causal_lm(
+            name_or_path, tokenizer=tokenizer, tiny_config=tiny_config, trust_remote_code=trust_remote_code
+        )
+    return tokenizer, model

@@ -142,7 +142,9 @@ class ManualOptimization:
     ``accumulate_grad_batches`` and ``gradient_clip_val`` applied by the module itself.
 
     The host class calls :meth:`_take_over_trainer_knobs` from ``configure_callbacks`` when fitting, and
-    provides ``hparams.max_grad_norm`` and ``_step_metrics_read`` (whether this step's metrics are read).
+    provides ``optim.max_grad_norm`` (``moslim_pl.modules.settings.OptimConfig``) and ``_step_metrics_read``
+    (whether this step's metrics are read). A training step calls :meth:`_next_window` once, then
+    :meth:`_backward_and_step` for each update it takes.
     """
 
     _accumulate = 1  # micro-batches (rollouts) per optimizer step; the trainer's accumulate_grad_batches
@@ -168,10 +170,10 @@ class ManualOptimization:
             self._clip = (float(clip), algorithm)
             trainer.gradient_clip_val = None
             log.info(
-                "gradient clipping by %s at %s (the trainer's gradient_clip_val, instead of max_grad_norm=%s)",
+                "gradient clipping by %s at %s (the trainer's gradient_clip_val, instead of optim.max_grad_norm=%s)",
                 algorithm,
                 clip,
-                self.hparams.max_grad_norm,
+                self.optim.max_grad_norm,
             )
 
     def _window(self) -> tuple[bool, bool]:
@@ -179,6 +181,33 @@ class ManualOptimization:
         gradients) and whether it closes one (clip and step). Both are True without accumulation."""
         position = self._micro_batches % self._accumulate
         return position == 0, position == self._accumulate - 1
+
+    def _next_window(self) -> tuple[bool, bool]:
+        """This training batch's :meth:`_window`, counted: call it once per training batch."""
+        window = self._window()
+        self._micro_batches += 1
+        return window
+
+    def _backward_and_step(self, loss: Tensor | None, window: tuple[bool, bool]) -> None:
+        """One update: zero the gradients where ``window`` opens an accumulation window, back-propagate
+        ``loss`` (:meth:`_accumulated`), and where the window closes clip and step (:meth:`_clip_and_step`).
+
+        ``loss=None``: nothing to back-propagate (Online-DPO's batch without a valid pair on any rank); the
+        optimizer and the schedule still step, so that ``global_step`` counts training steps.
+        """
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        first, last = window
+        if first:  # grads to None: a step without a backward pass leaves the parameters as they are
+            optimizer.zero_grad()
+        if loss is not None:
+            self.manual_backward(self._accumulated(loss))
+        if not last:
+            return
+        if loss is not None or self._accumulate > 1:
+            self._clip_and_step(optimizer, scheduler)
+        else:  # no gradient to clip
+            optimizer.step()
+            self._step_schedule(scheduler)
 
     def _accumulated(self, loss: Tensor) -> Tensor:
         """The loss to back-propagate: ``loss / accumulate_grad_batches`` (the loss itself without)."""
@@ -193,10 +222,16 @@ class ManualOptimization:
             self.clip_gradients(
                 optimizer, gradient_clip_val=self._clip[0], gradient_clip_algorithm=self._clip[1]
             )
-        elif self.hparams.max_grad_norm is not None:
+        elif self.optim.max_grad_norm is not None:
             self.clip_gradients(
-                optimizer, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm"
+                optimizer, gradient_clip_val=self.optim.max_grad_norm, gradient_clip_algorithm="norm"
             )
         optimizer.step()
+        self._step_schedule(scheduler)
+
+    @staticmethod
+    def _step_schedule(scheduler: Any) -> None:
+        """Advance the learning-rate schedule by one optimizer step (``ReduceLROnPlateau`` steps per epoch,
+        on its metric: Lightning does that)."""
         if scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step()

@@ -1,12 +1,23 @@
-"""What every RL stage shares: the policy, its frozen reference, the frozen RM, rollouts, logging, export.
+"""What every RL stage shares: the policy, its frozen reference, the frozen RM, the shared settings, rollouts,
+scoring, the optimizer step, logging, evaluation, checkpoints and export.
 
-One shallow base class (RLOO, Online-DPO and PPO each add only their own loss and training step);
-the rollout math itself lives in ``moslim_pl.rollout`` as plain functions. Subclasses keep their full
-constructor signature (the CLI reads it), call ``save_hyperparameters()`` and then ``_build_models()``.
-Required hyperparameters: policy, reward_model, tiny_config, max_new_tokens, temperature, top_p,
-max_prompt_length, chat_template, mapping, mapping_weights, max_grad_norm, learning_rate, weight_decay,
-warmup_steps, val_temperature, log_samples_every_n_steps, rm_batch_size, trust_remote_code; optional: lora,
-sigma_floor, z_clip, aggregation, missing_eos_penalty, empty_penalty.
+One shallow base class: RLOO, PPO and Online-DPO each add only their own parameters, loss and
+``training_step``; the rollout math itself lives in ``moslim_pl.rollout`` as plain functions. The base's
+constructor takes (and documents) the shared arguments: ``policy``, ``reward_model``, ``tiny_config``, the
+settings groups ``sampling``, ``reward`` and ``optim`` (``moslim_pl.modules.settings``),
+``log_samples_every_n_steps``, ``trust_remote_code`` and ``lora``. A subclass's constructor declares its own
+parameters (a KL-penalized stage also ``kl: KLConfig``) and ``**kwargs``, and starts with
+``super().__init__(**kwargs)``: LightningCLI follows ``**kwargs`` into this constructor, so ``--help`` lists
+both, and ``save_hyperparameters`` here collects both. The base then calls the subclass's
+``_check_arguments()`` and builds the models; afterwards the groups are ``self.sampling``,
+``self.reward``, ``self.optim`` and ``self.kl`` (``None`` without), and ``self.kl_controller`` holds
+the adaptive or fixed ``beta`` (``None`` without ``kl``).
+
+A training step uses :meth:`PolicyModule._sample` (rollout, scores, penalized reward),
+:meth:`PolicyModule._policy_logprobs` and :meth:`PolicyModule.reference_logprobs` (log-probs at the
+sampling temperature), ``_next_window`` and ``_backward_and_step`` (zero_grad, backward, clipping and
+step with the trainer's accumulation: ``moslim_pl.modules.optim.ManualOptimization``), ``_log_train``
+and ``_log_step_end`` (``moslim_pl.modules.policy_logging``).
 
 Dropout stays off in all three models (as TRL does): the log-probs that train the policy must be those of
 the distribution that sampled; Lightning's warning that modules are in eval mode is therefore expected.
@@ -15,38 +26,45 @@ the distribution that sampled; Lightning's warning that modules are in eval mode
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import FSDPStrategy
 from torch import Tensor, nn
 
-from moslim_pl.callbacks import media
 from moslim_pl.callbacks.predictions import PredictionWriter
 from moslim_pl.callbacks.throughput import ThroughputCallback
-from moslim_pl.data.messages import Prompt, is_messages, prompt_text
+from moslim_pl.data.messages import Prompt, is_messages
 from moslim_pl.data.prompt_encoding import resolve_chat_template
 from moslim_pl.errors import MoslimError
-from moslim_pl.models.backbone import TINY_BACKBONES, load_causal_lm, load_tokenizer
-from moslim_pl.models.card import CARD_FILE, policy_card, training_summary
-from moslim_pl.models.io import save_pretrained_atomic
-from moslim_pl.models.lora import LoRAConfig, apply_lora, is_lora, merged_copy, reference_mode
+from moslim_pl.models.backbone import load_trainable_causal_lm
+from moslim_pl.models.lora import LoRAConfig, apply_lora, reference_mode
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.models.sharding import is_sharded, shard_mesh, shard_model
 from moslim_pl.modules.optim import ManualOptimization, adamw_with_warmup
 from moslim_pl.modules.policy_eval import PolicyEvaluation
-from moslim_pl.rewards.mapping import MAPPINGS, parse_aggregation
+from moslim_pl.modules.policy_io import PolicyIO
+from moslim_pl.modules.policy_logging import PolicyLogging
+from moslim_pl.modules.settings import (
+    GROUPS,
+    OptimConfig,
+    RewardConfig,
+    SamplingConfig,
+    settings_group,
+)
 from moslim_pl.rollout import (
     RewardOutput,
     Rollout,
     encode_prompts,
     generate,
+    masked_logprobs,
+    penalize,
+    response_logits,
     score_responses,
     sequence_logprobs,
 )
@@ -54,21 +72,62 @@ from moslim_pl.utils.hparams import as_dataclass
 
 log = logging.getLogger(__name__)
 
-_SAMPLE_ROWS = 8  # rows of the text table logged (callbacks/media.py)
-ADAPTER_FOLDER = "adapter"  # a LoRA policy's PEFT adapter, inside its export
 
+class PolicyModule(PolicyEvaluation, PolicyLogging, PolicyIO, ManualOptimization, LightningModule):
+    """Base of the RL LightningModules; see the module docstring for the contract.
 
-_CELL_CHARS = 300  # long prompts (documents to summarize...) keep their start and their end
+    Args:
+        policy: the initial policy: a hub id, a folder (an SFT export in practice) or ``moslim/tiny-llama``.
+        reward_model: the folder of a reward model export (``RewardModelModule.export``); required.
+        tiny_config: overrides of the tiny policy's config (only for ``moslim/tiny-llama``).
+        sampling: how the policy samples (``moslim_pl.modules.settings.SamplingConfig``).
+        reward: how the RM's outputs become the reward (``moslim_pl.modules.settings.RewardConfig``).
+        optim: the optimizer (``moslim_pl.modules.settings.OptimConfig``). The Trainer's
+            ``accumulate_grad_batches N`` takes one optimizer step every N training batches (each batch's
+            loss divided by N).
+        log_samples_every_n_steps: text samples to the loggers every this many rollouts (``None``: never).
+        trust_remote_code: passed to ``from_pretrained`` for the policy (and PPO's separate critic).
+        lora: train LoRA adapters instead of the whole policy; the reference is then the policy with
+            its adapters disabled (no frozen copy), and the export merges the adapters.
+    """
 
+    def __init__(
+        self,
+        policy: str = "moslim/tiny-llama",
+        reward_model: str | None = None,
+        tiny_config: dict[str, Any] | None = None,
+        sampling: SamplingConfig = SamplingConfig(),
+        reward: RewardConfig = RewardConfig(),
+        optim: OptimConfig = OptimConfig(),
+        log_samples_every_n_steps: int | None = 50,
+        trust_remote_code: bool = False,
+        lora: LoRAConfig | None = None,
+    ) -> None:
+        super().__init__()
+        # the subclass's own arguments too: Lightning collects those of every constructor in the chain
+        self.save_hyperparameters()
+        self._check_arguments()
+        self._build_models()
 
-def _markdown_cell(text: str) -> str:
-    if len(text) > 2 * _CELL_CHARS:
-        text = f"{text[:_CELL_CHARS]} [...] {text[-_CELL_CHARS:]}"
-    return text.replace("|", "\\|").replace("\n", " ")
+    def _check_arguments(self) -> None:
+        """Check the subclass's own hyperparameters, before any model is loaded (overridden by stages)."""
 
+    def _steps_per_rollout(self) -> tuple[int, str]:
+        """Optimizer steps (``global_step``s) each rollout takes, and the arguments that set them; one for
+        stages that step once per training batch (overridden by those that step several times)."""
+        return 1, ""
 
-class PolicyModule(PolicyEvaluation, ManualOptimization, LightningModule):
-    """Base of the RL LightningModules; see the module docstring for the contract."""
+    def _rollout_number(self) -> int:
+        """The training batch (rollout) this step belongs to, counted from 0."""
+        return self.global_step // self._steps_per_rollout()[0]
+
+    def _check_accumulation(self, accumulate: int) -> None:
+        steps, settings = self._steps_per_rollout()
+        if steps != 1:
+            raise MoslimError(
+                f"accumulate_grad_batches={accumulate} needs one optimizer step per rollout, got {steps} "
+                f"({settings}): each rollout's later steps need the step before them"
+            )
 
     def _build_models(self) -> None:
         hp = self.hparams
@@ -77,33 +136,18 @@ class PolicyModule(PolicyEvaluation, ManualOptimization, LightningModule):
             raise MoslimError(
                 f"{type(self).__name__} needs reward_model: the folder of a reward model export"
             )
-        if hp.temperature <= 0 or hp.val_temperature < 0:
-            raise MoslimError(
-                f"need temperature > 0 and val_temperature >= 0, got {hp.temperature}, {hp.val_temperature}"
-            )
-        if hp.get("sigma_floor", 0.0) < 0 or (hp.get("z_clip") is not None and hp.z_clip <= 0):
-            raise MoslimError(
-                f"need sigma_floor >= 0 and z_clip > 0 (or None), got {hp.get('sigma_floor')}, {hp.get('z_clip')}"
-            )
-        if hp.mapping not in MAPPINGS:
-            raise MoslimError(f"unknown reward mapping {hp.mapping!r}; expected one of {', '.join(MAPPINGS)}")
-        try:
-            parse_aggregation(hp.get("aggregation", "mean"))
-        except ValueError as err:
-            raise MoslimError(str(err)) from None
+        self._build_settings()
         self.tokenizer_name = hp.policy
-        self.tokenizer = load_tokenizer(hp.policy, trust_remote_code=hp.trust_remote_code)
-        hp["chat_template"] = resolve_chat_template(self.tokenizer, hp.chat_template, hp.policy)
+        self.tokenizer, self.policy = load_trainable_causal_lm(
+            hp.policy, tiny_config=hp.tiny_config, trust_remote_code=hp.trust_remote_code
+        )
+        chat_template = resolve_chat_template(self.tokenizer, self.sampling.chat_template, hp.policy)
+        self._set_group("sampling", dataclasses.replace(self.sampling, chat_template=chat_template))
         # validate/test may build the module under inference mode; parameters made there could never train
         with torch.inference_mode(False):
-            self.policy = load_causal_lm(
-                hp.policy,
-                tokenizer=self.tokenizer,
-                tiny_config=hp.tiny_config,
-                trust_remote_code=hp.trust_remote_code,
-            )
             lora = as_dataclass(LoRAConfig, hp.get("lora"))
-            hp["lora"] = None if lora is None else asdict(lora)  # plain and complete, for checkpoints
+            # plain and complete, for checkpoints
+            hp["lora"] = None if lora is None else dataclasses.asdict(lora)
             if lora is not None:
                 # The reference is the same weights with the adapters off: no second copy in memory.
                 self.policy = apply_lora(self.policy, lora)
@@ -112,14 +156,29 @@ class PolicyModule(PolicyEvaluation, ManualOptimization, LightningModule):
                 self.reference = copy.deepcopy(self.policy).requires_grad_(False)
             self.rm = MultiHeadRewardModel.from_pretrained(hp.reward_model).requires_grad_(False)
         self.train()  # puts the three models in eval mode (see train())
-        weights = hp.mapping_weights
-        if hp.mapping == "linear" and (weights is None or len(weights) != len(self.rm.names)):
+        weights = self.reward.mapping_weights
+        if self.reward.mapping == "linear" and (weights is None or len(weights) != len(self.rm.names)):
             raise MoslimError(
-                f"the linear mapping needs mapping_weights with one weight per head {self.rm.names}, got {weights}"
+                f"the linear mapping needs reward.mapping_weights with one weight per head {self.rm.names}, "
+                f"got {weights}"
             )
         self._val_totals: Tensor | None = None
         self.rollout_tokens = 0
         self.rollout_samples = 0  # sequences of those rollouts (ThroughputCallback reads both)
+
+    def _build_settings(self) -> None:
+        """The settings groups as typed attributes (``self.sampling``...; ``self.kl`` is ``None`` for a stage
+        without one) and as plain, complete dicts in ``hparams`` (for checkpoints); the KL controller."""
+        for name, cls in GROUPS.items():
+            if name in self.hparams:
+                self._set_group(name, settings_group(cls, self.hparams[name], name))
+            else:
+                setattr(self, name, None)
+        self.kl_controller = self.kl.controller() if self.kl is not None else None
+
+    def _set_group(self, name: str, group: Any) -> None:
+        setattr(self, name, group)
+        self.hparams[name] = dataclasses.asdict(group)
 
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy`` (``configs/trainer/fsdp2.yaml``) shard every model with FSDP2.
@@ -162,13 +221,15 @@ class PolicyModule(PolicyEvaluation, ManualOptimization, LightningModule):
         attention_mask: Tensor,
         prompt_length: int,
         response_mask: Tensor,
-        temperature: float,
+        temperature: float | None = None,
         group_size: int = 1,
     ) -> Tensor:
         """Per-token log-probs ``[N, R]`` under the reference (no grad): the frozen copy, or the policy
-        with its LoRA adapters disabled. ``group_size``: rows sharing their prompt in groups of this size
-        run it once (``moslim_pl.rollout.response_logits``)."""
+        with its LoRA adapters disabled, at ``temperature`` (default: ``sampling.temperature``, that of the
+        training rollouts). ``group_size``: rows sharing their prompt in groups of this size run it once
+        (``moslim_pl.rollout.response_logits``)."""
         inputs = (sequences, attention_mask, prompt_length, response_mask)
+        temperature = self.sampling.temperature if temperature is None else temperature
         # Inference mode skips autograd's bookkeeping; not under FSDP2, whose weight buffers made there could
         # never serve a forward pass with grad again (as in moslim_pl.generation).
         with torch.inference_mode(not is_sharded(self.policy)), torch.no_grad():
@@ -183,6 +244,24 @@ class PolicyModule(PolicyEvaluation, ManualOptimization, LightningModule):
                     )
         return logprobs.clone()  # an ordinary tensor: losses with grad may use it
 
+    def _policy_logprobs(
+        self, rollout: Rollout, model: nn.Module | None = None, group_size: int = 1
+    ) -> tuple[Tensor, Tensor]:
+        """The training forward of the policy (or ``model``, e.g. its compiled wrapper) on a rollout, with
+        grad: the response logits ``[N, R, V]`` at ``sampling.temperature`` and the response tokens'
+        log-probs ``[N, R]`` (0 where ``response_mask`` is 0)."""
+        logits = response_logits(
+            self.policy if model is None else model,
+            rollout.sequences,
+            rollout.attention_mask,
+            rollout.prompt_length,
+            temperature=self.sampling.temperature,
+            group_size=group_size,
+        )
+        return logits, masked_logprobs(
+            logits, rollout.sequences, rollout.prompt_length, rollout.response_mask
+        )
+
     def _prompts(self, batch: Sequence[Prompt]) -> list[Prompt]:
         """A batch's prompts: strings, or conversations as ``Messages`` (``moslim_pl.data.messages``)."""
         valid = isinstance(batch, (list, tuple)) and batch
@@ -193,18 +272,22 @@ class PolicyModule(PolicyEvaluation, ManualOptimization, LightningModule):
             )
         return list(batch)
 
-    def _rollout(self, prompts: list[str], num_samples: int, temperature: float) -> Rollout:
-        hp = self.hparams
+    def _rollout(self, prompts: list[Prompt], num_samples: int, temperature: float) -> Rollout:
+        sampling = self.sampling
         batch = encode_prompts(
-            self.tokenizer, prompts, hp.max_prompt_length, hp.chat_template, dimensions=self.rm.dimensions
+            self.tokenizer,
+            prompts,
+            sampling.max_prompt_length,
+            sampling.chat_template,
+            dimensions=self.rm.dimensions,
         )
         rollout = generate(
             self.policy,
             self.tokenizer,
             batch,
-            max_new_tokens=hp.max_new_tokens,
+            max_new_tokens=sampling.max_new_tokens,
             temperature=temperature,
-            top_p=hp.top_p,
+            top_p=sampling.top_p,
             num_samples=num_samples,
         )
         if self.training:  # tokens through the policy in training rollouts (ComputeCallback reads it)
@@ -212,86 +295,29 @@ class PolicyModule(PolicyEvaluation, ManualOptimization, LightningModule):
             self.rollout_samples += len(rollout.responses)
         return rollout
 
-    def _score(self, prompts: list[str], rollout: Rollout) -> RewardOutput:
-        hp = self.hparams
+    def _score(self, prompts: list[Prompt], rollout: Rollout) -> RewardOutput:
         # The ORIGINAL prompts, prefix included: the RM strips the prefix and reads the targets from it.
         texts = [prompts[i] for i in rollout.prompt_index.tolist()]
-        scores = score_responses(
-            self.rm,
-            texts,
-            rollout.responses,
-            mapping=hp.mapping,
-            weights=hp.mapping_weights,
-            batch_size=hp.rm_batch_size,
-            sigma_floor=hp.get("sigma_floor", 0.0),  # checkpoints of older versions lack the two guards
-            z_clip=hp.get("z_clip"),
-            aggregation=hp.get("aggregation", "mean"),
-        )
+        scores = score_responses(self.rm, texts, rollout.responses, **self.reward.score_options())
         return RewardOutput(*(t.to(self.device) for t in scores))  # score_responses answers on the CPU
 
-    @property
-    def _step_metrics_read(self) -> bool:
-        """Whether anything reads this training step's metrics: the logger (Lightning writes every
-        ``log_every_n_steps`` steps), or a progress bar (every step)."""
-        trainer = self._trainer
-        if trainer is None or not self.training:
-            return True
-        return trainer.progress_bar_callback is not None or trainer._logger_connector.should_update_logs
+    def _sample(
+        self, batch: Sequence[Prompt], num_samples: int
+    ) -> tuple[list[Prompt], Rollout, RewardOutput, Tensor]:
+        """A training batch's prompts, their rollout of ``num_samples`` responses each at
+        ``sampling.temperature``, its scores, and the reward the loss uses: the RM's, less
+        ``reward.missing_eos_penalty`` and ``reward.empty_penalty`` where they apply (``scores.reward``
+        stays the RM's, as logged)."""
+        prompts = self._prompts(batch)
+        rollout = self._rollout(prompts, num_samples, self.sampling.temperature)
+        scores = self._score(prompts, rollout)
+        reward = penalize(scores.reward, rollout, self.reward.missing_eos_penalty, self.reward.empty_penalty)
+        return prompts, rollout, scores, reward
 
-    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
-        """``LightningModule.log``, except that a training step's per-step metrics are dropped on steps
-        whose metrics nothing reads (no progress bar, and not a logging step of the logger): each call
-        costs about a millisecond, a few percent of a small model's RL step. ``trainer.callback_metrics``
-        then hold the values of the last logging step."""
-        if kwargs.get("on_epoch") or self._step_metrics_read:
-            super().log(name, value, *args, **kwargs)
-
-    def _log_rollout(self, scores: RewardOutput, rollout: Rollout, kl: Tensor, entropy: Tensor) -> None:
-        if not self._step_metrics_read:
-            return
-        size = len(rollout.responses)
-        self.log("rollout/reward", scores.reward.mean(), prog_bar=True, batch_size=size)
-        self.log("rollout/kl", kl.mean(), prog_bar=True, batch_size=size)
-        self.log("rollout/entropy", entropy, batch_size=size)
-        self.log("rollout/response_length", rollout.response_mask.sum(-1).float().mean(), batch_size=size)
-        self.log("rollout/finished", rollout.finished.float().mean(), batch_size=size)
-        requested = scores.requested >= 0
-        per_head = {}
-        for k, name in enumerate(self.rm.names):
-            if scores.mask[:, k].any():
-                per_head[f"reward/{name}"] = float(scores.components[scores.mask[:, k], k].mean())
-            if requested[:, k].any():
-                per_head[f"rollout/hit_rate/{name}"] = float(scores.hit[requested[:, k], k].float().mean())
-        self._log_present(per_head)
-
-    def _log_present(self, metrics: dict[str, float]) -> None:
-        """Write metrics that exist on some steps only (a head no prompt of the batch named has no reward)
-        straight to the loggers, on rank 0 at Lightning's logging steps. Through ``self.log`` Lightning
-        would write a key's last value again on every later step of the epoch, inventing a measurement."""
-        trainer = self._trainer
-        if trainer is None or not self.training:
-            for name, value in metrics.items():
-                self.log(name, value)
-            return
-        if not trainer._logger_connector.should_update_logs or not trainer.is_global_zero or not metrics:
-            return
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step Lightning logs scalars at
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
-
-    def _log_samples(self, prompts: list[str], rollout: Rollout, reward: Tensor) -> None:
-        if self.global_rank != 0:
-            return
-        rows = [
-            [
-                _markdown_cell(prompt_text(prompts[int(rollout.prompt_index[i])])),
-                _markdown_cell(rollout.responses[i]),
-                f"{float(reward[i]):.3f}",
-            ]
-            for i in range(min(len(rollout.responses), _SAMPLE_ROWS))
-        ]
-        media.log_table(
-            self.loggers, "rollout/samples", ["prompt", "response", "reward"], rows, self.global_step
+    def configure_optimizers(self) -> dict[str, Any]:
+        optim = self.optim
+        return adamw_with_warmup(
+            self.policy.named_parameters(), optim.learning_rate, optim.weight_decay, optim.warmup_steps
         )
 
     # ------------------------------------------------------------------ callbacks (predict, trainer knobs)
@@ -312,85 +338,3 @@ class PolicyModule(PolicyEvaluation, ManualOptimization, LightningModule):
         if any(isinstance(callback, BasePredictionWriter) for callback in trainer.callbacks):
             return []
         return [PredictionWriter()]
-
-    def _update_kl_controller(self, kl: Tensor, size: int) -> None:
-        """Feed the rollout's per-sequence KL ``[N]`` to ``self.kl_controller`` (RLOO, PPO).
-
-        Every rank must hold the same beta: the controller sees the KL averaged over all ranks.
-        """
-        mean_kl = self.trainer.strategy.reduce(kl.mean().detach(), reduce_op="mean")
-        self.kl_controller.update(float(mean_kl), n_steps=size * self.trainer.world_size)
-
-    # ------------------------------------------------------------------ checkpoints
-    def _frozen_prefixes(self) -> tuple[str, ...]:
-        """State-dict prefixes left out of checkpoints: the frozen models that construction rebuilds.
-
-        The RM always comes back from its export; the reference (the initial policy) only when the policy
-        loads pretrained weights: a ``moslim/tiny-*`` policy starts from random ones, so its reference is
-        kept; FSDP2's sharded checkpoints keep everything. For SmolLM2 with a MiniLM RM that is
-        about 2.2 -> 1.6 GB (the policy and its AdamW state remain; estimated from the tensor sizes).
-        """
-        if isinstance(getattr(self._trainer, "strategy", None), ModelParallelStrategy):
-            return ()  # sharded (distributed) checkpoints load into the module's full key set
-        return ("rm.",) if self.hparams.policy in TINY_BACKBONES else ("reference.", "rm.")
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("state_dict")
-        if isinstance(state, dict):
-            for key in [k for k in state if k.startswith(self._frozen_prefixes())]:
-                del state[key]
-        if hasattr(self, "kl_controller"):
-            checkpoint["kl_controller"] = self.kl_controller.state_dict()
-        if self._accumulate != 1:
-            checkpoint["moslim_micro_batches"] = self._micro_batches
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("state_dict")
-        if isinstance(state, dict):
-            # the frozen models as this module just rebuilt them, so that strict loading still checks
-            # every trained parameter (older checkpoints that hold them load as they are)
-            for key, value in self.state_dict().items():
-                if key.startswith(self._frozen_prefixes()):
-                    state.setdefault(key, value)
-        if hasattr(self, "kl_controller") and "kl_controller" in checkpoint:
-            self.kl_controller.load_state_dict(checkpoint["kl_controller"])
-        self._micro_batches = int(checkpoint.get("moslim_micro_batches", 0))
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        return adamw_with_warmup(
-            self.policy.named_parameters(), hp.learning_rate, hp.weight_decay, hp.warmup_steps
-        )
-
-    def export(self, folder: str | Path) -> Path:
-        """Write the policy (LoRA adapters merged), its tokenizer and a ``README.md`` model card as a Hugging
-        Face folder, atomically. ``load_causal_lm(folder)`` and ``AutoModelForCausalLM.from_pretrained(folder)``
-        reload it.
-
-        With ``lora``, ``<folder>/adapter`` also holds the adapters alone in PEFT's layout
-        (``adapter_config.json``, ``adapter_model.safetensors``, tokenizer, card): ``PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(policy), "<folder>/adapter")`` gives the merged model's
-        log-probs (``docs/user_guide.md``, "Exports"). Not under FSDP2 sharding (the merged model only).
-        """
-        lora = is_lora(self.policy)
-        policy = merged_copy(self.policy) if lora else self.policy
-        training = training_summary(self)
-        dimensions = self.rm.dimensions
-        base = str(self.hparams.policy)
-        write_adapter = lora and not is_sharded(self.policy)
-        if lora and not write_adapter:
-            log.warning(
-                "the policy is sharded: its export holds the merged model only, no PEFT adapter folder"
-            )
-
-        def extra(staging: Path) -> None:
-            (staging / CARD_FILE).write_text(policy_card(base, dimensions, training))
-            if write_adapter:
-                adapter = staging / ADAPTER_FOLDER
-                self.policy.save_pretrained(adapter)
-                self.tokenizer.save_pretrained(adapter)
-                (adapter / CARD_FILE).write_text(policy_card(base, dimensions, training, adapter=True))
-
-        save_pretrained_atomic(folder, policy, self.tokenizer, extra=extra)
-        log.info("exported the policy to %s", folder)
-        return Path(folder)

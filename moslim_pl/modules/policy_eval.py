@@ -1,8 +1,8 @@
 """What the RL stages do outside training: validation (reward and hit rates), the controllability sweep
 (the test loop) and generation for users (the predict loop).
 
-A mixin of :class:`moslim_pl.modules.policy.PolicyModule`, which provides ``rm``, ``_prompts``,
-``_rollout`` and ``_score``.
+A mixin of :class:`moslim_pl.modules.policy.PolicyModule`, which provides ``rm``, ``sampling``, ``reward``,
+``_prompts``, ``_rollout`` and ``_score``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class PolicyEvaluation:
 
     def validation_step(self, batch: Sequence[str], batch_idx: int) -> None:
         prompts = self._prompts(batch)
-        rollout = self._rollout(prompts, 1, self.hparams.val_temperature)
+        rollout = self._rollout(prompts, 1, self.sampling.val_temperature)
         scores = self._score(prompts, rollout)
         requested = scores.requested >= 0
         totals = torch.cat(
@@ -52,17 +52,18 @@ class PolicyEvaluation:
 
     # ------------------------------------------------------------------ controllability sweep (test loop)
     def _answer(self, prompts: list[str]) -> list[str]:
-        """One response per prompt at ``val_temperature`` (0: greedy), in ``rm_batch_size`` chunks."""
-        size = self.hparams.rm_batch_size
+        """One response per prompt at ``sampling.val_temperature`` (0: greedy), in ``reward.batch_size``
+        chunks."""
+        size = self.reward.batch_size
         responses: list[str] = []
         for start in range(0, len(prompts), size):
             responses += self._rollout(
-                prompts[start : start + size], 1, self.hparams.val_temperature
+                prompts[start : start + size], 1, self.sampling.val_temperature
             ).responses
         return responses
 
     def _rm_levels(self, prompts: list[str], responses: list[str]) -> Tensor:
-        probs = self.rm.score(prompts, responses, batch_size=self.hparams.rm_batch_size).probs
+        probs = self.rm.score(prompts, responses, batch_size=self.reward.batch_size).probs
         return controllability.rm_expected_levels(probs, self.rm.dimensions)
 
     def sweep_records(self, prompts: Sequence[str], oracle: controllability.Oracle | None = None) -> Tensor:
@@ -92,10 +93,10 @@ class PolicyEvaluation:
     # ------------------------------------------------------------------ generation for users (predict)
     def predict_step(self, batch: Sequence[Any], batch_idx: int) -> list[dict[str, Any]]:
         """Rows ``{"index", "prompt"}`` (or plain prompt strings) -> ``{"index", "prompt", "response",
-        "reward", "levels"}``: the response at ``val_temperature`` and what the RM reads in it."""
+        "reward", "levels"}``: the response at ``sampling.val_temperature`` and what the RM reads in it."""
         rows = [row if isinstance(row, dict) else {"index": None, "prompt": row} for row in batch]
         prompts = self._prompts([row["prompt"] for row in rows])
-        rollout = self._rollout(prompts, 1, self.hparams.val_temperature)
+        rollout = self._rollout(prompts, 1, self.sampling.val_temperature)
         scores = self._score(prompts, rollout)
         levels = controllability.rm_expected_levels(scores.probs, self.rm.dimensions)
         return [

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from moslim_pl.data.prompt_encoding import resolve_chat_template
 from moslim_pl.data.sft import SFTBatch, SFTEncoding
 from moslim_pl.losses.sft import response_nll
-from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
+from moslim_pl.models.backbone import load_trainable_causal_lm
 from moslim_pl.models.card import CARD_FILE, policy_card, training_summary
 from moslim_pl.models.io import save_pretrained_atomic
 from moslim_pl.models.sharding import fsdp1_root, shard_mesh, shard_model
@@ -74,17 +74,11 @@ class SFTModule(OptimizerLogging, MetricEvalHooks, LightningModule):
 
     def _build(self) -> None:
         hp = self.hparams
-        self.tokenizer = load_tokenizer(hp.model, trust_remote_code=hp.trust_remote_code)
+        self.tokenizer, self.lm = load_trainable_causal_lm(
+            hp.model, tiny_config=hp.tiny_config, trust_remote_code=hp.trust_remote_code
+        )
         # a chat model fine-tuned on raw text unlearns its turns: warn (an absent template with True raises)
         resolve_chat_template(self.tokenizer, hp.chat_template, hp.model)
-        # validate/test run configure_model under inference mode; parameters made there could never train
-        with torch.inference_mode(False):
-            self.lm = load_causal_lm(
-                hp.model,
-                tokenizer=self.tokenizer,
-                tiny_config=hp.tiny_config,
-                trust_remote_code=hp.trust_remote_code,
-            )
         # from_pretrained returns eval mode, and Lightning keeps each submodule's mode: dropout would stay off
         self.lm.train()
 

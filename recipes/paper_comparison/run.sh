@@ -3,7 +3,7 @@
 #   recipes/paper_comparison/run.sh OUTDIR
 # Trains, from one SFT start and one multi-head reward model:
 #   moslim          one RLOO policy steered by prefixes (Gaussian mapping), 1200 steps;
-#   moslim_joint    the same with --model.aggregation softmin (a smooth minimum of the named dimensions'
+#   moslim_joint    the same with --model.reward.aggregation softmin (a smooth minimum of the named dimensions'
 #                   terms: a hit cannot buy off a miss; docs/concepts.md), 1200 steps;
 #   morlhf          three RLOO policies on fixed weight vectors of the linear mapping, 600 steps each;
 #   rewarded_soups  one RLOO policy per dimension (that dimension's linear reward), 600 steps each,
@@ -56,22 +56,22 @@ wait "$sft_pid"
 sft=$(latest sft_quickstart)/export
 rm_export=$(latest reward_model_quickstart)/export
 rl=(--model.policy "$sft" --model.reward_model "$rm_export")
-baseline=(--trainer.max_steps 600 --trainer.val_check_interval 300 --data.no_prefix_prob 1.0 --model.mapping linear)
+baseline=(--trainer.max_steps 600 --trainer.val_check_interval 300 --data.no_prefix_prob 1.0 --model.reward.mapping linear)
 
 echo "== MOSLIM, RiC and the baselines (two lanes)"
 (
   fit moslim policy/rloo_quickstart.yaml "${rl[@]}"
-  fit moslim_joint policy/rloo_quickstart.yaml "${rl[@]}" --model.aggregation softmin
-  fit morlhf_0 policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.mapping_weights "[1, 1, 1]"
+  fit moslim_joint policy/rloo_quickstart.yaml "${rl[@]}" --model.reward.aggregation softmin
+  fit morlhf_0 policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.reward.mapping_weights "[1, 1, 1]"
 ) &
 lane_a=$!
 (
   fit ric sft/quickstart.yaml --data.label_prefix true
-  fit morlhf_1 policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.mapping_weights "[-1, -1, 1]"
-  fit morlhf_2 policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.mapping_weights "[1, -1, -1]"
-  fit soup_verbosity policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.mapping_weights "[1, 0, 0]"
-  fit soup_formality policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.mapping_weights "[0, 1, 0]"
-  fit soup_helpfulness policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.mapping_weights "[0, 0, 1]"
+  fit morlhf_1 policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.reward.mapping_weights "[-1, -1, 1]"
+  fit morlhf_2 policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.reward.mapping_weights "[1, -1, -1]"
+  fit soup_verbosity policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.reward.mapping_weights "[1, 0, 0]"
+  fit soup_formality policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.reward.mapping_weights "[0, 1, 0]"
+  fit soup_helpfulness policy/rloo_quickstart.yaml "${rl[@]}" "${baseline[@]}" --model.reward.mapping_weights "[0, 0, 1]"
 ) &
 lane_b=$!
 wait "$lane_a" || exit 1

@@ -345,6 +345,10 @@ CASES = {
         lambda ws: ws.predict_file("ok4.txt", "rivers .", "--model.init_args.policy=moslim/tiny-bert"),
         "moslim/tiny-bert is an encoder, not a decoder: a causal LM needs moslim/tiny-llama",
     ),
+    "policy_setting_out_of_range": (
+        lambda ws: ws.predict_file("ok6.txt", "rivers .", "--model.init_args.sampling.temperature=0"),
+        "sampling.temperature must be > 0, got 0.0",
+    ),
     "rm_heads_differ_from_data": (
         lambda ws: ws.rm_fit('--model.init_args.dimensions=[{"name": "verbosity", "low": 0, "high": 3}]'),
         f"the reward model's heads (verbosity 0..3) do not match the data's dimensions ({HEADS}): leave "
@@ -398,8 +402,8 @@ CASES = {
             "fit",
             *ws.predict("--trainer.accumulate_grad_batches=2", "--model.init_args.updates_per_rollout=2")[1:],
         ],
-        "accumulate_grad_batches=2 needs updates_per_rollout=1 (got 2): each rollout's later updates need "
-        "the step before them",
+        "accumulate_grad_batches=2 needs one optimizer step per rollout, got 2 (updates_per_rollout=2): each "
+        "rollout's later steps need the step before them",
     ),
     "nested_help_of_a_plain_value": (
         lambda ws: ["fit", "--config", RM_CONFIG, "--model.learning_rate.help"],
@@ -423,6 +427,10 @@ PARSER_CASES = {
             ws.write("typo.yaml", "data:\n  init_args:\n    batch_sise: 4\n"),
         ],
         ['Parser key "data":', "Option 'batch_sise' is not accepted"],
+    ),
+    "policy_flat_key_of_a_group": (  # the keys the policy stages' settings groups replaced
+        lambda ws: ["fit", *ws.predict("--model.init_args.learning_rate=0.001")[1:]],
+        ['Parser key "model":', "Option 'learning_rate' is not accepted"],
     ),
     "config_file_missing": (
         lambda ws: ["fit", "--config", str(ws.dir / "nope.yaml")],

@@ -77,7 +77,7 @@ def test_rloo_csv_run_writes_every_scalar_and_one_note(
                 "--model.init_args.policy=moslim/tiny-llama",
                 f"--model.init_args.reward_model={tmp_path / 'rm'}",
                 f"--model.init_args.tiny_config={json.dumps(TINY)}",
-                "--model.init_args.max_new_tokens=4",
+                "--model.init_args.sampling.max_new_tokens=4",
                 "--model.init_args.log_samples_every_n_steps=1",
                 "--data.init_args.batch_size=4",
                 "--trainer.max_steps=3",
@@ -141,8 +141,11 @@ def test_help_lists_schemas_mappings_aggregations_and_short_names(capsys: pytest
     assert SCHEMAS and {"helpsteer", "ultrafeedback", "hh_rlhf"} <= set(SCHEMAS)
     for name in (*SCHEMAS, *MAPPINGS, *AGGREGATIONS):
         assert name in out, name
-    assert f"Reward mappings (--model.mapping): {', '.join(MAPPINGS)}." in out
-    assert f"Aggregations (--model.aggregation): {', '.join(AGGREGATIONS)} (softmin:<temperature>)." in out
+    assert f"Reward mappings (--model.reward.mapping): {', '.join(MAPPINGS)}." in out
+    assert (
+        f"Aggregations (--model.reward.aggregation): {', '.join(AGGREGATIONS)} (softmin:<temperature>)."
+        in out
+    )
     for name in ("RLOOModule", "PPOModule", "PromptDataModule", "ExportCallback", "RNGStateCallback"):
         assert name in out, name
 
@@ -170,7 +173,7 @@ def test_short_class_names_resolve(capsys: pytest.CaptureFixture) -> None:
         "moslim_pl.callbacks.RewardStatsCallback",
         "lightning.pytorch.callbacks.LearningRateMonitor",
     ]
-    assert config["model"]["init_args"]["mapping"] == "gaussian"  # the config's options stay too
+    assert config["model"]["init_args"]["reward"]["mapping"] == "gaussian"  # the config's options stay too
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from moslim_pl.models.backbone import load_backbone, load_tokenizer
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.models.sharding import full_state_dict
 from moslim_pl.modules import OnlineDPOModule
+from moslim_pl.modules.settings import OptimConfig, SamplingConfig
 from moslim_pl.rollout import RewardOutput, Rollout
 from moslim_pl.strategies import FSDP2Strategy
 
@@ -59,10 +60,9 @@ def _fit(strategy: Strategy, rm: Path) -> tuple[TiedOnRankOne, Trainer, dict[str
     module = TiedOnRankOne(
         reward_model=str(rm),
         tiny_config=TINY,
-        max_new_tokens=1,
-        max_prompt_length=16,
-        learning_rate=1e-2,
         log_samples_every_n_steps=None,
+        sampling=SamplingConfig(max_new_tokens=1, max_prompt_length=16),
+        optim=OptimConfig(learning_rate=1e-2),
     )
     initial = {k: v.detach().clone() for k, v in module.policy.state_dict().items()}
     trainer = Trainer(

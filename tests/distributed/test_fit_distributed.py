@@ -163,7 +163,7 @@ def test_rloo_steps_under_fsdp2(tiny_rm, tmp_path):
         "--model.policy=moslim/tiny-llama",
         '--model.tiny_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, '
         '"intermediate_size": 64}',
-        f"--model.reward_model={tiny_rm}", "--model.max_new_tokens=8", "--model.num_samples=2",
+        f"--model.reward_model={tiny_rm}", "--model.sampling.max_new_tokens=8", "--model.num_samples=2",
         "--data.init_args.batch_size=2", "--data.init_args.eval_batch_size=2",
         f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={steps}", "--trainer.limit_val_batches=1",
         "--trainer.num_sanity_val_steps=0", "--trainer.log_every_n_steps=1",
@@ -196,7 +196,7 @@ def test_rloo_resumes_mid_epoch_under_fsdp2(tiny_rm, tmp_path):
     # resumed (shorter) pass. Resuming at step 2 must run steps 3 and 4, exactly as a straight run does.
     common = [
         "--config", str(RLOO_CONFIG), *preset("fsdp2"), *TWO_CPUS,
-        "--model.policy=moslim/tiny-llama", f"--model.reward_model={tiny_rm}", "--model.max_new_tokens=8",
+        "--model.policy=moslim/tiny-llama", f"--model.reward_model={tiny_rm}", "--model.sampling.max_new_tokens=8",
         "--model.num_samples=2",
         '--model.tiny_config={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, '
         '"intermediate_size": 64}',

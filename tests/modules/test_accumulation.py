@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from moslim_pl.errors import MoslimError
 from moslim_pl.generation import Rollout
 from moslim_pl.modules import OnlineDPOModule, PPOModule, RLOOModule
+from moslim_pl.modules.settings import OptimConfig, SamplingConfig
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 
@@ -42,7 +43,12 @@ def _rows(rollout: Rollout, start: int, stop: int, prompt_offset: int) -> Rollou
 
 def _module(cls, rm: Path, **kwargs):
     seed_everything(0)
-    return cls(reward_model=str(rm), tiny_config=TINY, max_new_tokens=6, max_prompt_length=32, **kwargs)
+    return cls(
+        reward_model=str(rm),
+        tiny_config=TINY,
+        sampling=SamplingConfig(max_new_tokens=6, max_prompt_length=32),
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize(
@@ -59,8 +65,8 @@ def test_two_accumulated_half_batches_match_one_full_batch(
     """The same rollouts, once as one batch of 4 prompts, once as 2 accumulated batches of 2: one optimizer
     step each, with the same gradients (clipping off, so that the raw sums are compared)."""
     prompts = formality_prompts(0, 4, seed=0)
-    full = _module(cls, formality_rm, max_grad_norm=None, **kwargs)
-    accumulated = _module(cls, formality_rm, max_grad_norm=None, **kwargs)
+    full = _module(cls, formality_rm, optim=OptimConfig(max_grad_norm=None), **kwargs)
+    accumulated = _module(cls, formality_rm, optim=OptimConfig(max_grad_norm=None), **kwargs)
     for a, b in zip(full.parameters(), accumulated.parameters(), strict=True):
         assert torch.equal(a, b)
     torch.manual_seed(1)
@@ -93,13 +99,13 @@ def test_two_accumulated_half_batches_match_one_full_batch(
 def test_refusals_and_trainer_clipping(formality_rm: Path, formality_prompts, rl_trainer) -> None:
     prompts = formality_prompts(0, 4, seed=0)
     module = _module(RLOOModule, formality_rm, num_samples=2, updates_per_rollout=2)
-    with pytest.raises(MoslimError, match="updates_per_rollout=1"):
+    with pytest.raises(MoslimError, match=r"one optimizer step per rollout, got 2 \(updates_per_rollout=2\)"):
         rl_trainer(1, logger=False, accumulate_grad_batches=2).fit(module, DataLoader(prompts, batch_size=2))
     module = _module(PPOModule, formality_rm, num_samples=2)
-    with pytest.raises(MoslimError, match="ppo_epochs=1 and num_minibatches=1"):
+    with pytest.raises(MoslimError, match=r"got 4 \(ppo_epochs=4 x num_minibatches=1\)"):
         rl_trainer(1, logger=False, accumulate_grad_batches=2).fit(module, DataLoader(prompts, batch_size=2))
-    # the trainer's gradient_clip_val (by value here) replaces max_grad_norm
-    module = _module(RLOOModule, formality_rm, num_samples=2, learning_rate=1.0)
+    # the trainer's gradient_clip_val (by value here) replaces optim.max_grad_norm
+    module = _module(RLOOModule, formality_rm, num_samples=2, optim=OptimConfig(learning_rate=1.0))
     grads = Grads()
     trainer = rl_trainer(
         1, logger=False, callbacks=[grads], gradient_clip_val=1e-4, gradient_clip_algorithm="value"

@@ -18,6 +18,7 @@ from moslim_pl.data.messages import parse_prompt_prefix
 from moslim_pl.data.sources import DataSource
 from moslim_pl.data.synthetic import DIMENSIONS
 from moslim_pl.modules import RLOOModule
+from moslim_pl.modules.settings import SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
@@ -61,9 +62,8 @@ def test_conversational_prompts_drive_an_rloo_step(
     module = RLOOModule(
         reward_model=str(formality_rm),
         num_samples=2,
-        max_new_tokens=4,
-        max_prompt_length=64,
         tiny_config=TINY,
+        sampling=SamplingConfig(max_new_tokens=4, max_prompt_length=64),
     )
     trainer = rl_trainer(
         1,

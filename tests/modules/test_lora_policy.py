@@ -14,6 +14,7 @@ from moslim_pl.generation import encode_prompts, generate
 from moslim_pl.models.backbone import load_causal_lm
 from moslim_pl.models.lora import LoRAConfig
 from moslim_pl.modules import OnlineDPOModule, RLOOModule
+from moslim_pl.modules.settings import OptimConfig, SamplingConfig
 from moslim_pl.rollout import rollout_inputs, sequence_logprobs
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
@@ -25,9 +26,8 @@ def _rloo(rm: Path, **kwargs) -> RLOOModule:
         reward_model=str(rm),
         tiny_config=TINY,
         num_samples=2,
-        max_new_tokens=8,
-        max_prompt_length=32,
-        learning_rate=1e-2,
+        sampling=SamplingConfig(max_new_tokens=8, max_prompt_length=32),
+        optim=OptimConfig(learning_rate=1e-2),
         **kwargs,
     )
 

@@ -15,6 +15,7 @@ from moslim_pl.callbacks.nonfinite import NonFiniteError
 from moslim_pl.data import PreferenceDataModule, SyntheticConfig
 from moslim_pl.errors import MoslimError
 from moslim_pl.modules import RewardModelModule, RLOOModule
+from moslim_pl.modules.settings import OptimConfig, SamplingConfig
 from moslim_pl.rollout import RewardOutput
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
@@ -52,9 +53,8 @@ def _rloo(formality_rm: Path) -> RLOOModule:
         tiny_config=TINY,
         reward_model=str(formality_rm),
         num_samples=2,
-        max_new_tokens=4,
-        max_prompt_length=32,
-        learning_rate=1e-2,
+        sampling=SamplingConfig(max_new_tokens=4, max_prompt_length=32),
+        optim=OptimConfig(learning_rate=1e-2),
     )
 
 

@@ -18,6 +18,7 @@ from moslim_pl.data.synthetic import generate_prompts
 from moslim_pl.errors import MoslimError
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.modules import OnlineDPOModule
+from moslim_pl.modules.settings import OptimConfig, SamplingConfig
 
 
 def test_online_dpo_learns_to_follow_the_prefix(
@@ -28,11 +29,10 @@ def test_online_dpo_learns_to_follow_the_prefix(
     seed_everything(0)
     module = OnlineDPOModule(
         reward_model=str(formality_rm),
-        max_new_tokens=16,
-        max_prompt_length=32,
         beta=0.1,
-        learning_rate=3e-3,
         log_samples_every_n_steps=10,
+        sampling=SamplingConfig(max_new_tokens=16, max_prompt_length=32),
+        optim=OptimConfig(learning_rate=3e-3),
     )
     steps = 60
     trainer = rl_trainer(
@@ -92,7 +92,10 @@ def test_all_ties_leave_the_policy_unchanged_and_checkpoint(
     # every response gets the same reward, so every pair ties and no gradient reaches the policy.
     seed_everything(2)
     module = OnlineDPOModule(
-        reward_model=str(formality_rm), max_new_tokens=4, learning_rate=1e-2, log_samples_every_n_steps=None
+        reward_model=str(formality_rm),
+        log_samples_every_n_steps=None,
+        sampling=SamplingConfig(max_new_tokens=4),
+        optim=OptimConfig(learning_rate=1e-2),
     )
     before = [p.detach().clone() for p in module.policy.parameters()]
     trainer = rl_trainer(2, logger=TensorBoardLogger(tmp_path, name="online_dpo"), log_every_n_steps=1)
@@ -134,7 +137,10 @@ def test_a_rank_with_only_ties_backpropagates_exact_zeros_when_another_has_pairs
     # parameter (tests/distributed/test_online_dpo_ties.py runs the real 2-process case).
     seed_everything(2)
     module = OnlineDPOModule(
-        reward_model=str(formality_rm), max_new_tokens=4, learning_rate=1e-2, log_samples_every_n_steps=None
+        reward_model=str(formality_rm),
+        log_samples_every_n_steps=None,
+        sampling=SamplingConfig(max_new_tokens=4),
+        optim=OptimConfig(learning_rate=1e-2),
     )
     before = [p.detach().clone() for p in module.policy.parameters()]
     snapshot = _GradSnapshot()
@@ -157,11 +163,11 @@ def test_a_rank_with_only_ties_backpropagates_exact_zeros_when_another_has_pairs
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"temperature": 0.0}, "temperature > 0"),
-        ({"beta": 0.0}, "beta > 0"),
-        ({"mapping": "nope"}, "unknown reward mapping"),
-        ({"aggregation": "max"}, "unknown aggregation 'max'"),
-        ({"mapping": "linear"}, "mapping_weights"),
+        ({"sampling": {"temperature": 0.0}}, "sampling.temperature must be > 0"),
+        ({"beta": 0.0}, "beta must be > 0"),
+        ({"reward": {"mapping": "nope"}}, "reward.mapping must be one of"),
+        ({"reward": {"aggregation": "max"}}, "unknown aggregation 'max'"),
+        ({"reward": {"mapping": "linear"}}, "reward.mapping_weights"),
     ],
 )
 def test_bad_arguments(formality_rm: Path, kwargs: dict, match: str) -> None:
@@ -175,6 +181,6 @@ def test_reward_model_is_required() -> None:
 
 
 def test_batches_must_be_prompt_strings(formality_rm: Path) -> None:
-    module = OnlineDPOModule(reward_model=str(formality_rm), max_new_tokens=2)
+    module = OnlineDPOModule(reward_model=str(formality_rm), sampling=SamplingConfig(max_new_tokens=2))
     with pytest.raises(MoslimError, match="prompt strings"):
         module.validation_step({"input_ids": torch.zeros(2, 3)}, 0)

@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.data import DataLoader
 
 from moslim_pl.modules import RLOOModule
+from moslim_pl.modules.settings import SamplingConfig
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 
@@ -30,8 +31,7 @@ def test_a_head_no_prompt_named_gets_no_value_on_that_step(formality_rm, rl_trai
         reward_model=str(formality_rm),
         tiny_config=TINY,
         num_samples=2,
-        max_new_tokens=4,
-        max_prompt_length=32,
+        sampling=SamplingConfig(max_new_tokens=4, max_prompt_length=32),
     )
     # step 0 names formality only, step 1 verbosity only, step 2 formality again
     prompts = ["<formality 0> explain bees .", "<verbosity 1> explain bees .", "<formality 2> hi ."]

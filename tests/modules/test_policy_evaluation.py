@@ -16,6 +16,7 @@ from moslim_pl.data.sources import DataError
 from moslim_pl.data.synthetic import DIMENSIONS
 from moslim_pl.errors import MoslimError
 from moslim_pl.modules import RLOOModule
+from moslim_pl.modules.settings import SamplingConfig
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 
@@ -23,7 +24,10 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "in
 def _module(rm: Path) -> RLOOModule:
     seed_everything(0)
     return RLOOModule(
-        reward_model=str(rm), tiny_config=TINY, num_samples=2, max_new_tokens=6, max_prompt_length=32
+        reward_model=str(rm),
+        tiny_config=TINY,
+        num_samples=2,
+        sampling=SamplingConfig(max_new_tokens=6, max_prompt_length=32),
     )
 
 
@@ -171,7 +175,7 @@ def test_predict_from_a_training_config_writes_predictions_without_training_data
             json.dumps(TINY),
             "--model.reward_model",
             str(formality_rm),
-            "--model.max_new_tokens",
+            "--model.sampling.max_new_tokens",
             "4",
             "--data.source",
             json.dumps({"path": "json", "data_files": str(tmp_path / "nowhere" / "train.jsonl")}),
@@ -198,6 +202,12 @@ def test_policy_modules_use_the_chat_template_by_default(formality_rm, tmp_path:
         tmp_path / "chat"
     )
     tokenizer.save_pretrained(tmp_path / "chat")
-    chat = RLOOModule(policy=str(tmp_path / "chat"), reward_model=str(formality_rm), max_prompt_length=32)
-    assert chat.hparams.chat_template is True
-    assert _module(formality_rm).hparams.chat_template is False  # the tiny tokenizer has no template
+    chat = RLOOModule(
+        policy=str(tmp_path / "chat"),
+        reward_model=str(formality_rm),
+        sampling=SamplingConfig(max_prompt_length=32),
+    )
+    assert chat.sampling.chat_template is True and chat.hparams.sampling["chat_template"] is True
+    tiny = _module(formality_rm)
+    assert tiny.sampling.chat_template is False  # the tiny tokenizer has no template
+    assert tiny.hparams.sampling["chat_template"] is False

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.modules import RLOOModule
+from moslim_pl.modules.settings import OptimConfig, SamplingConfig
 from moslim_pl.rollout import sequence_logprobs
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
@@ -31,10 +32,9 @@ def test_lora_rloo_export_has_a_peft_adapter_with_the_merged_log_probs(
         policy=str(base_dir),
         reward_model=str(formality_rm),
         num_samples=2,
-        max_new_tokens=8,
-        max_prompt_length=32,
-        learning_rate=5e-2,
         lora={"r": 4, "alpha": 8},
+        sampling=SamplingConfig(max_new_tokens=8, max_prompt_length=32),
+        optim=OptimConfig(learning_rate=5e-2),
     )
     prompts = formality_prompts(0, 8, seed=0)
     rl_trainer(3, logger=False).fit(module, DataLoader(prompts, batch_size=4))
@@ -70,7 +70,12 @@ def test_lora_rloo_export_has_a_peft_adapter_with_the_merged_log_probs(
 
 def test_full_policy_export_has_a_card_and_no_adapter(formality_rm: Path, tmp_path: Path) -> None:
     seed_everything(0)
-    module = RLOOModule(reward_model=str(formality_rm), tiny_config=TINY, num_samples=2, max_new_tokens=4)
+    module = RLOOModule(
+        reward_model=str(formality_rm),
+        tiny_config=TINY,
+        num_samples=2,
+        sampling=SamplingConfig(max_new_tokens=4),
+    )
     export = module.export(tmp_path / "export")
     assert (export / "README.md").is_file() and not (export / "adapter").exists()
     assert "<verbosity 3> <formality 2>" in (export / "README.md").read_text()

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from moslim_pl.errors import MoslimError
 from moslim_pl.models.backbone import load_causal_lm
 from moslim_pl.modules import PPOModule
+from moslim_pl.modules.settings import KLConfig, OptimConfig, RewardConfig, SamplingConfig
 
 
 def test_ppo_learns_to_follow_the_prefix(
@@ -25,14 +26,13 @@ def test_ppo_learns_to_follow_the_prefix(
     module = PPOModule(
         reward_model=str(formality_rm),
         num_samples=2,
-        max_new_tokens=16,
-        max_prompt_length=32,
-        learning_rate=3e-3,
         value_learning_rate=1e-2,
-        kl_coef=0.01,
         ppo_epochs=2,
         num_minibatches=2,
         log_samples_every_n_steps=5,
+        sampling=SamplingConfig(max_new_tokens=16, max_prompt_length=32),
+        optim=OptimConfig(learning_rate=3e-3),
+        kl=KLConfig(coef=0.01),
     )
     rollouts, steps_per_rollout = 32, 4
     trainer = rl_trainer(
@@ -94,17 +94,15 @@ def test_both_critics_adaptive_kl_and_checkpoint(
         reward_model=str(formality_rm),
         critic=critic,
         num_samples=2,
-        max_new_tokens=6,
-        learning_rate=1e-2,
-        kl_coef=0.1,
-        kl_target=0.5,
-        kl_horizon=100,
         ppo_epochs=2,
         num_minibatches=2,
         value_clip=None,
         whiten_advantages=False,
-        missing_eos_penalty=1.0,
         log_samples_every_n_steps=None,
+        sampling=SamplingConfig(max_new_tokens=6),
+        optim=OptimConfig(learning_rate=1e-2),
+        kl=KLConfig(coef=0.1, target=0.5, horizon=100),
+        reward=RewardConfig(missing_eos_penalty=1.0),
     )
     assert (module.critic_backbone is None) == (critic == "shared")
     head = module.value_head.weight.clone()
@@ -139,10 +137,10 @@ def test_lora_policy_with_shared_critic(formality_prompts, rl_trainer, formality
         tiny_config=tiny,
         critic="shared",
         num_samples=2,
-        max_new_tokens=6,
-        learning_rate=1e-2,
         ppo_epochs=1,
         lora={"r": 2},
+        sampling=SamplingConfig(max_new_tokens=6),
+        optim=OptimConfig(learning_rate=1e-2),
     )
     assert module.reference is None  # the reference is the adapter-disabled policy
     base = {n: p.detach().clone() for n, p in module.policy.named_parameters() if not p.requires_grad}
@@ -155,7 +153,9 @@ def test_lora_policy_with_shared_critic(formality_prompts, rl_trainer, formality
 
 
 def test_value_learning_rate_is_its_own_group(formality_rm: Path) -> None:
-    module = PPOModule(reward_model=str(formality_rm), learning_rate=1e-4, value_learning_rate=1e-2)
+    module = PPOModule(
+        reward_model=str(formality_rm), value_learning_rate=1e-2, optim=OptimConfig(learning_rate=1e-4)
+    )
     optimizer = module.configure_optimizers()["optimizer"]
     critic = {id(p) for p in (*module.critic_backbone.parameters(), *module.value_head.parameters())}
     for group in optimizer.param_groups:
@@ -169,20 +169,20 @@ def test_value_learning_rate_is_its_own_group(formality_rm: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"critic": "nope"}, "unknown critic"),
+        ({"critic": "nope"}, "critic must be one of separate, shared"),
         ({"num_samples": 0}, "num_samples"),
         ({"ppo_epochs": 0}, "ppo_epochs"),
         ({"num_minibatches": 0}, "num_minibatches"),
-        ({"gamma": 1.5}, "gamma and lam"),
-        ({"lam": -0.1}, "gamma and lam"),
+        ({"gamma": 1.5}, r"gamma must be in \[0, 1\]"),
+        ({"lam": -0.1}, r"lam must be in \[0, 1\]"),
         ({"clip_ratio": 0.0}, "clip_ratio"),
         ({"value_clip": 0.0}, "value_clip"),
         ({"vf_coef": -1.0}, "vf_coef"),
         ({"value_learning_rate": 0.0}, "value_learning_rate"),
-        ({"kl_coef": -1.0}, "kl_coef"),
-        ({"temperature": 0.0}, "temperature > 0"),
-        ({"mapping": "nope"}, "unknown reward mapping"),
-        ({"aggregation": "max"}, "unknown aggregation 'max'"),
+        ({"kl": {"coef": -1.0}}, "kl.coef must be >= 0"),
+        ({"sampling": {"temperature": 0.0}}, "sampling.temperature must be > 0"),
+        ({"reward": {"mapping": "nope"}}, "reward.mapping must be one of"),
+        ({"reward": {"aggregation": "max"}}, "unknown aggregation 'max'"),
     ],
 )
 def test_bad_arguments(formality_rm: Path, kwargs: dict, match: str) -> None:
@@ -197,7 +197,9 @@ def test_reward_model_is_required() -> None:
 
 
 def test_minibatches_must_fit_the_rollout(formality_prompts, rl_trainer, formality_rm: Path) -> None:
-    module = PPOModule(reward_model=str(formality_rm), max_new_tokens=2, num_minibatches=4)
+    module = PPOModule(
+        reward_model=str(formality_rm), num_minibatches=4, sampling=SamplingConfig(max_new_tokens=2)
+    )
     trainer = rl_trainer(1, logger=False)
     with pytest.raises(MoslimError, match="num_minibatches=4"):
         trainer.fit(module, DataLoader(formality_prompts(0, 4, seed=0), batch_size=2))

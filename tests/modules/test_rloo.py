@@ -15,6 +15,7 @@ from moslim_pl.errors import MoslimError
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.modules import RLOOModule
+from moslim_pl.modules.settings import KLConfig, OptimConfig, RewardConfig, SamplingConfig
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
 
@@ -34,11 +35,10 @@ def test_rloo_learns_to_follow_the_prefix(
     module = RLOOModule(
         reward_model=str(formality_rm),
         num_samples=4,
-        max_new_tokens=16,
-        max_prompt_length=32,
-        learning_rate=3e-3,
-        kl_coef=0.01,
         log_samples_every_n_steps=10,
+        sampling=SamplingConfig(max_new_tokens=16, max_prompt_length=32),
+        optim=OptimConfig(learning_rate=3e-3),
+        kl=KLConfig(coef=0.01),
     )
     steps = 40
     trainer = rl_trainer(
@@ -98,15 +98,13 @@ def test_adaptive_kl_clipping_and_checkpoint(
     module = RLOOModule(
         reward_model=str(formality_rm),
         num_samples=2,
-        max_new_tokens=6,
-        learning_rate=1e-2,
-        kl_coef=0.1,
-        kl_target=0.5,
-        kl_horizon=100,
         clip_ratio=0.2,
         updates_per_rollout=2,
-        missing_eos_penalty=1.0,
         log_samples_every_n_steps=None,
+        sampling=SamplingConfig(max_new_tokens=6),
+        optim=OptimConfig(learning_rate=1e-2),
+        kl=KLConfig(coef=0.1, target=0.5, horizon=100),
+        reward=RewardConfig(missing_eos_penalty=1.0),
     )
     reference = [p.clone() for p in module.reference.parameters()]
     trainer = rl_trainer(4, logger=TensorBoardLogger(tmp_path, name="rloo"), log_every_n_steps=1)
@@ -144,12 +142,20 @@ def test_adaptive_kl_clipping_and_checkpoint(
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"num_samples": 1}, "num_samples >= 2"),
-        ({"temperature": 0.0}, "temperature > 0"),
-        ({"mapping": "nope"}, "unknown reward mapping"),
-        ({"aggregation": "max"}, "unknown aggregation 'max'"),
-        ({"aggregation": "softmin:0"}, "softmin temperature must be a positive number"),
-        ({"mapping": "linear"}, "mapping_weights"),
+        ({"num_samples": 1}, "num_samples must be >= 2"),
+        ({"sampling": {"temperature": 0.0}}, "sampling.temperature must be > 0, got 0.0"),
+        ({"sampling": {"val_temperature": -1.0}}, "sampling.val_temperature must be >= 0"),
+        ({"sampling": {"temprature": 1.0}}, "sampling: .*unexpected keyword argument 'temprature'"),
+        ({"reward": {"mapping": "nope"}}, "reward.mapping must be one of gaussian, "),
+        ({"reward": {"aggregation": "max"}}, "reward.aggregation: unknown aggregation 'max'"),
+        ({"reward": {"aggregation": "softmin:0"}}, "softmin temperature must be a positive number"),
+        ({"reward": {"sigma_floor": -1.0}}, "reward.sigma_floor must be >= 0"),
+        ({"reward": {"z_clip": 0.0}}, "reward.z_clip must be > 0 or None"),
+        ({"reward": {"mapping": "linear"}}, "reward.mapping_weights"),
+        ({"optim": {"learning_rate": 0.0}}, "optim.learning_rate must be > 0"),
+        ({"optim": {"max_grad_norm": 0.0}}, "optim.max_grad_norm must be > 0 or None"),
+        ({"kl": {"coef": -1.0}}, "kl.coef must be >= 0"),
+        ({"kl": {"target": 0.0}}, "kl.target must be > 0 or None"),
         ({"updates_per_rollout": 0}, "updates_per_rollout"),
     ],
 )
@@ -164,7 +170,7 @@ def test_reward_model_is_required() -> None:
 
 
 def test_batches_must_be_prompt_strings(formality_rm: Path) -> None:
-    module = RLOOModule(reward_model=str(formality_rm), max_new_tokens=2)
+    module = RLOOModule(reward_model=str(formality_rm), sampling=SamplingConfig(max_new_tokens=2))
     with pytest.raises(MoslimError, match="prompt strings"):
         module.validation_step({"input_ids": torch.zeros(2, 3)}, 0)
 
@@ -176,7 +182,12 @@ def test_checkpoint_of_a_pretrained_policy_leaves_out_the_frozen_models(
     start = tmp_path / "sft"
     load_causal_lm("moslim/tiny-llama", tokenizer=tokenizer, tiny_config=TINY).save_pretrained(start)
     tokenizer.save_pretrained(start)
-    module = RLOOModule(policy=str(start), reward_model=str(formality_rm), num_samples=2, max_new_tokens=6)
+    module = RLOOModule(
+        policy=str(start),
+        reward_model=str(formality_rm),
+        num_samples=2,
+        sampling=SamplingConfig(max_new_tokens=6),
+    )
     trainer = rl_trainer(2, logger=False)
     trainer.fit(module, DataLoader(formality_prompts(2, 4, seed=0), batch_size=2))
     path = tmp_path / "last.ckpt"
@@ -204,10 +215,9 @@ def test_memory_and_speed_options_train_the_same_policy(
         module = RLOOModule(
             reward_model=str(formality_rm),
             num_samples=2,
-            max_new_tokens=4,
-            max_prompt_length=32,
-            learning_rate=1e-2,
             log_samples_every_n_steps=None,
+            sampling=SamplingConfig(max_new_tokens=4, max_prompt_length=32),
+            optim=OptimConfig(learning_rate=1e-2),
             **extra,
         )
         start = torch.cat([p.detach().flatten() for p in module.policy.parameters()])
@@ -250,7 +260,7 @@ def test_every_stage_passes_its_penalties_to_the_reward(
     from moslim_pl.modules import OnlineDPOModule, PPOModule
     from moslim_pl.rollout import penalize
 
-    module_file = importlib.import_module(f"moslim_pl.modules.{stage}")
+    module_file = importlib.import_module("moslim_pl.modules.policy")  # the base scores for every stage
     seen: list[tuple] = []
 
     def recording(reward, rollout, missing_eos_penalty, empty_penalty):
@@ -261,10 +271,9 @@ def test_every_stage_passes_its_penalties_to_the_reward(
     cls = {"rloo": RLOOModule, "ppo": PPOModule, "online_dpo": OnlineDPOModule}[stage]
     module = cls(
         reward_model=str(formality_rm),
-        max_new_tokens=4,
-        missing_eos_penalty=0.5,
-        empty_penalty=2.0,
         log_samples_every_n_steps=None,
+        sampling=SamplingConfig(max_new_tokens=4),
+        reward=RewardConfig(missing_eos_penalty=0.5, empty_penalty=2.0),
     )
     rl_trainer(1).fit(module, DataLoader(formality_prompts(2, 2, seed=0), batch_size=2))
     assert seen and set(seen) == {(0.5, 2.0)}

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from moslim_pl.callbacks.throughput import ThroughputCallback
 from moslim_pl.modules import RLOOModule
+from moslim_pl.modules.settings import OptimConfig, SamplingConfig
 
 
 def _fit(formality_prompts, rl_trainer, formality_rm: Path, tmp_path: Path, logged: bool) -> tuple:
@@ -20,10 +21,9 @@ def _fit(formality_prompts, rl_trainer, formality_rm: Path, tmp_path: Path, logg
     module = RLOOModule(
         reward_model=str(formality_rm),
         num_samples=2,
-        max_new_tokens=4,
-        max_prompt_length=32,
-        learning_rate=1e-2,
         log_samples_every_n_steps=1 if logged else None,
+        sampling=SamplingConfig(max_new_tokens=4, max_prompt_length=32),
+        optim=OptimConfig(learning_rate=1e-2),
     )
     loggers = [TensorBoardLogger(tmp_path / "tb"), CSVLogger(tmp_path / "csv")] if logged else False
     trainer = rl_trainer(3, logger=loggers, log_every_n_steps=1)
