@@ -10,7 +10,7 @@
 #                   interpolated with the SFT start per request;
 #   ric             SFT on rows whose prompt carries a prefix of the row's own labels (no RL);
 # then answers the same held-out prompts for the same grid of requests with every method
-# (moslim_pl/evaluation/comparison.py) and writes OUTDIR/comparison.json and the table. It also trains
+# (moslim_pl/baselines/comparison.py) and writes OUTDIR/comparison.json and the table. It also trains
 # three reward models with labels coarsened to 2, 3 and all levels (OUTDIR/granularity.json).
 # Two lanes run side by side (one per core): 11-13 minutes per seed on an otherwise idle 2-core machine
 # (docs/paper_comparison.md).
@@ -19,7 +19,7 @@
 # synthetic world, the prompt split and the prompt order keep their own seeds, so every seed answers the
 # same held-out prompts. SEEDS="0 1 2" runs the whole recipe once per seed into OUTDIR/seed_<n>/ and
 # writes the mean, std, min and max of every figure over the seeds to OUTDIR/comparison.json and
-# OUTDIR/granularity.json (moslim_pl/evaluation/seeds.py). Without either: the configs' seed, 0.
+# OUTDIR/granularity.json (moslim_pl/baselines/seeds.py). Without either: the configs' seed, 0.
 set -euo pipefail
 out=${1:?usage: [SEEDS="0 1 2"] recipes/paper_comparison/run.sh OUTDIR}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -32,8 +32,8 @@ if [[ -n ${SEEDS:-} ]]; then
     SEEDS="" SEED=$seed "$root/recipes/paper_comparison/run.sh" "$out/seed_$seed"
     files+=("$out/seed_$seed/comparison.json") grans+=("$out/seed_$seed/granularity.json")
   done
-  python -m moslim_pl.evaluation.seeds "${grans[@]}" --out "$out/granularity.json" > /dev/null
-  python -m moslim_pl.evaluation.seeds "${files[@]}" --out "$out/comparison.json"
+  python -m moslim_pl.baselines.seeds "${grans[@]}" --out "$out/granularity.json" > /dev/null
+  python -m moslim_pl.baselines.seeds "${files[@]}" --out "$out/comparison.json"
   exit 0
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -127,4 +127,4 @@ cat > "$out/comparison_spec.json" <<JSON
   }
 }
 JSON
-python -m moslim_pl.evaluation.comparison "$out/comparison_spec.json" --out "$out/comparison.json"
+python -m moslim_pl.baselines.comparison "$out/comparison_spec.json" --out "$out/comparison.json"

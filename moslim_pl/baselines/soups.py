@@ -1,7 +1,7 @@
 """Rewarded Soups (Ramé et al. 2023): interpolate the weights of policies fine-tuned from one start.
 
 One policy is trained per dimension; at inference a preference vector ``lambda`` (non-negative, summing
-to 1) picks the weighted average of their weights. ``python -m moslim_pl.models.soups --policies A B C
+to 1) picks the weighted average of their weights. ``python -m moslim_pl.baselines.soups --policies A B C
 --lambdas 0.5 0.3 0.2 --out DIR`` writes the soup as a Hugging Face folder.
 """
 

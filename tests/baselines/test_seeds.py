@@ -7,8 +7,8 @@ import math
 
 import pytest
 
+from moslim_pl.baselines.seeds import main, summarize
 from moslim_pl.errors import MoslimError
-from moslim_pl.evaluation.seeds import main, summarize
 
 
 def _row(rho: float, reward: float) -> dict:

@@ -7,7 +7,7 @@ its ``min`` and its ``max`` over the seeds; lists of numbers (a sweep's levels) 
 element, and anything else (text, ``None``) is kept from the first seed. The result is
 ``{"seeds": [labels], "mean": tree, "std": tree, "min": tree, "max": tree}``.
 
-``python -m moslim_pl.evaluation.seeds OUT/seed_*/comparison.json --out OUT/comparison.json`` writes it;
+``python -m moslim_pl.baselines.seeds OUT/seed_*/comparison.json --out OUT/comparison.json`` writes it;
 for comparison tables it prints the mean table, then the std table.
 """
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     first = next(iter(trees[0].values()), None) if isinstance(trees[0], dict) else None
     if isinstance(first, dict) and "mean_reward" in first:
-        from moslim_pl.evaluation.comparison import format_comparison
+        from moslim_pl.baselines.comparison import format_comparison
 
         for statistic in ("mean", "std"):
             sys.stdout.write(

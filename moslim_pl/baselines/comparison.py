@@ -22,7 +22,7 @@ RM's Gaussian mapping of the request) over all answers; the compute of its train
 ``train_eval_prompt_overlap``, the number of evaluation prompts found (prefix stripped) in the training
 prompts of any of its training runs, read back from each run's ``config.yaml`` (must be 0).
 
-``python -m moslim_pl.evaluation.comparison SPEC.json --out comparison.json`` runs it from a spec::
+``python -m moslim_pl.baselines.comparison SPEC.json --out comparison.json`` runs it from a spec::
 
     {"reward_model": DIR, "num_prompts": 16, "max_new_tokens": 64,
      "data": {"synthetic": {"num_prompts": 300, "seed": 0}, "seed": 0, "val_fraction": 0.2,
@@ -270,8 +270,8 @@ def weights_responder(
 def soup_responder(
     base: str, experts: dict[str, str], dimensions: Sequence[Dimension], reading: Reading
 ) -> Responder:
+    from moslim_pl.baselines.soups import interpolate
     from moslim_pl.models.backbone import load_causal_lm
-    from moslim_pl.models.soups import interpolate
 
     missing = [d.name for d in dimensions if d.name not in experts]
     if missing:
@@ -325,7 +325,7 @@ def spec_data(spec: dict[str, Any]) -> dict[str, Any]:
     """The spec's ``data`` block, every key present (the harness assumes no default)."""
     data = spec.get("data")
     if not isinstance(data, dict):
-        raise MoslimError("comparison spec: data is missing (see moslim_pl.evaluation.comparison)")
+        raise MoslimError("comparison spec: data is missing (see moslim_pl.baselines.comparison)")
     missing = [key for key in DATA_KEYS if key not in data]
     if missing:
         raise MoslimError(f"comparison spec: data.{missing[0]} is missing (need {', '.join(DATA_KEYS)})")

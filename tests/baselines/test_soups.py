@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from moslim_pl.baselines.soups import interpolate, main, soup_exports
 from moslim_pl.errors import MoslimError
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
-from moslim_pl.models.soups import interpolate, main, soup_exports
 
 TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
 

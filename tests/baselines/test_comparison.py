@@ -8,11 +8,7 @@ import pytest
 import torch
 import yaml
 
-from moslim_pl.data.prompts import PromptDataModule
-from moslim_pl.data.sources import SyntheticConfig
-from moslim_pl.data.synthetic import DIMENSIONS, oracle
-from moslim_pl.errors import MoslimError
-from moslim_pl.evaluation.comparison import (
+from moslim_pl.baselines.comparison import (
     compute_totals,
     evaluate,
     format_comparison,
@@ -24,6 +20,10 @@ from moslim_pl.evaluation.comparison import (
     training_prompts,
     weight_vector,
 )
+from moslim_pl.data.prompts import PromptDataModule
+from moslim_pl.data.sources import SyntheticConfig
+from moslim_pl.data.synthetic import DIMENSIONS, oracle
+from moslim_pl.errors import MoslimError
 from moslim_pl.prefix import parse_prefix
 
 # verbosity 0..3, formality 0..2, helpfulness 0..3
