@@ -32,6 +32,15 @@ def read_scalars(log_dir: str | Path) -> dict[str, list[float]]:
     return series
 
 
+def read_scalar_steps(log_dir: str | Path) -> dict[str, list[int]]:
+    """The steps at which every scalar under ``log_dir`` was written, sorted (a repeat shows twice)."""
+    steps: dict[str, list[int]] = {}
+    for accumulator in _accumulators(log_dir, scalars=0):
+        for tag in accumulator.Tags()["scalars"]:
+            steps.setdefault(tag, []).extend(event.step for event in accumulator.Scalars(tag))
+    return {tag: sorted(found) for tag, found in steps.items()}
+
+
 def read_image_tags(log_dir: str | Path) -> list[str]:
     """The tags of every image logged under ``log_dir``."""
     return [tag for accumulator in _accumulators(log_dir, images=0) for tag in accumulator.Tags()["images"]]

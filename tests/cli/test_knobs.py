@@ -9,26 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from moslim_pl.cli import main
 from moslim_pl.data.synthetic import DIMENSIONS
+from moslim_pl.evaluation.tensorboard import read_scalars
 from moslim_pl.models.backbone import load_backbone, load_tokenizer
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.modules.optim import WarmupDecayLR
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}
-
-
-def _scalars(folder: Path) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    for file in folder.rglob("events.out.tfevents.*"):
-        acc = EventAccumulator(str(file), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            out.setdefault(tag, []).extend(e.value for e in acc.Scalars(tag))
-    return out
 
 
 def test_warmup_decay_schedule() -> None:
@@ -81,7 +71,7 @@ def test_rloo_with_sgd_cosine_and_accumulation_logs_lr_and_grad_norm(
             f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
         ]
     )
-    scalars = _scalars(tmp_path / "runs")
+    scalars = read_scalars(tmp_path / "runs")
     # 3 optimizer steps, each over 2 rollouts of 4 prompts: warm-up 1/2, then the cosine from the peak
     # (Lightning writes a step's value again with the next rollout of the same window: compare the changes)
     lrs = [v for i, v in enumerate(scalars["train/lr"]) if i == 0 or v != scalars["train/lr"][i - 1]]

@@ -6,23 +6,13 @@ from pathlib import Path
 
 from lightning.pytorch import seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader
 
+from moslim_pl.evaluation.tensorboard import read_scalar_steps
 from moslim_pl.modules import RLOOModule
 from moslim_pl.modules.settings import SamplingConfig
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
-
-
-def _steps(log_dir: Path) -> dict[str, list[int]]:
-    steps: dict[str, list[int]] = {}
-    for file in log_dir.rglob("events.out.tfevents.*"):
-        accumulator = EventAccumulator(str(file), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            steps.setdefault(tag, []).extend(e.step for e in accumulator.Scalars(tag))
-    return steps
 
 
 def test_a_head_no_prompt_named_gets_no_value_on_that_step(formality_rm, rl_trainer, tmp_path: Path) -> None:
@@ -38,7 +28,7 @@ def test_a_head_no_prompt_named_gets_no_value_on_that_step(formality_rm, rl_trai
     loader = DataLoader(prompts, batch_size=1, collate_fn=list)
     trainer = rl_trainer(3, logger=TensorBoardLogger(tmp_path), log_every_n_steps=1)
     trainer.fit(module, loader)
-    steps = _steps(tmp_path)
+    steps = read_scalar_steps(tmp_path)
     assert steps["rollout/reward"] == [0, 1, 2]
     # Lightning's own self.log would have written formality's step-0 value again at step 1
     assert sorted(steps["reward/formality"]) == [0, 2]

@@ -15,6 +15,7 @@ from moslim_pl.data import PromptDataModule
 from moslim_pl.data.sources import DataError
 from moslim_pl.data.synthetic import DIMENSIONS
 from moslim_pl.errors import MoslimError
+from moslim_pl.evaluation.tensorboard import read_scalar_steps
 from moslim_pl.modules import RLOOModule
 from moslim_pl.modules.settings import SamplingConfig
 
@@ -38,16 +39,6 @@ def _images(log_dir: Path) -> list[str]:
         accumulator.Reload()
         tags += accumulator.Tags()["images"]
     return tags
-
-
-def _scalar_steps(log_dir: Path) -> dict[str, list[int]]:
-    steps: dict[str, list[int]] = {}
-    for file in log_dir.rglob("events.out.tfevents.*"):
-        accumulator = EventAccumulator(str(file), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            steps.setdefault(tag, []).extend(e.step for e in accumulator.Scalars(tag))
-    return {tag: sorted(found) for tag, found in steps.items()}
 
 
 def test_test_loop_sweeps_every_dimension_and_level(formality_rm, rl_trainer, tmp_path: Path) -> None:
@@ -83,7 +74,7 @@ def test_sweep_callback_logs_every_n_steps(formality_rm, rl_trainer, tmp_path: P
     )
     trainer.fit(module, datamodule=data)
     # each sweep is written once, at its step (Lightning's self.log re-wrote it at steps 3 and 4 too)
-    steps = _scalar_steps(tmp_path)
+    steps = read_scalar_steps(tmp_path)
     assert steps["sweep/spearman_rm/verbosity"] == [2, 4]
     assert steps["sweep/spearman_oracle/formality"] == [2, 4]
     assert "sweep/spearman_rm/verbosity" in trainer.callback_metrics  # what the model card reads
