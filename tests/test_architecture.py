@@ -64,6 +64,16 @@ def _imports(tree: ast.AST, modules: dict[str, Path]) -> list[tuple[str, str, in
     return found
 
 
+def _all_imports() -> list[tuple[str, Path, str | None, str, int]]:
+    """``(module, its file, imported module, imported name or "", line)`` for every module of the package."""
+    modules = _modules()
+    return [
+        (module, path, *found)
+        for module, path in modules.items()
+        for found in _imports(ast.parse(path.read_text()), modules)
+    ]
+
+
 def _graph() -> dict[str, set[str]]:
     """Module -> modules it imports, counting the packages an import runs (``a.b.c`` runs ``a.b``'s
     ``__init__``), except a module's own packages, which are already running when it is imported."""
@@ -132,22 +142,18 @@ def test_cycle_finder_finds_a_cycle() -> None:
 
 
 def test_imports_go_down_the_layers() -> None:
-    modules = _modules()
     upward = [
         f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})"
-        for module, path in modules.items()
-        for target, _, _ in _imports(ast.parse(path.read_text()), modules)
+        for module, _, target, _, _ in _all_imports()
         if target is not None and _layer(target) > _layer(module)
     ]
     assert upward == []
 
 
 def test_no_module_imports_a_private_name_of_another() -> None:
-    modules = _modules()
     offenders = [
         f"{path.relative_to(PACKAGE.parent)}:{line} imports {name} from {target}"
-        for module, path in modules.items()
-        for target, name, line in _imports(ast.parse(path.read_text()), modules)
+        for module, path, target, name, line in _all_imports()
         if name.startswith("_") and not name.startswith("__") and target != module
     ]
     assert offenders == []
