@@ -142,3 +142,23 @@ def summarize(records: Sequence[SweepRecord]) -> dict:
     summary["mean_words"] = sum(r.words for r in records) / max(len(records), 1)
     summary["levels"] = levels
     return summary
+
+
+def length_signal(records: Sequence[SweepRecord], head: str) -> tuple[float, int]:
+    """How closely an RM head follows answer length among the answers to one question.
+
+    For each question, Spearman's rho between the answers' word counts and the head's expected level
+    (``rm_levels[head]``), over that question's answers (one per requested level of every dimension);
+    questions whose answers have fewer than 3 distinct word counts are left out (no ordering to read).
+    Returns ``(mean rho over the questions kept, questions kept)``. RL compares samples of one prompt, so
+    this, not a rho pooled over questions, is the length signal a policy gets from the head.
+    """
+    by_question: dict[str, list[SweepRecord]] = {}
+    for record in records:
+        by_question.setdefault(record.question, []).append(record)
+    rhos = [
+        spearman([r.words for r in rows], [r.rm_levels[head] for r in rows])
+        for rows in by_question.values()
+        if len({r.words for r in rows}) >= 3
+    ]
+    return (sum(rhos) / len(rhos) if rhos else 0.0), len(rhos)

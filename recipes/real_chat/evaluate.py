@@ -8,6 +8,8 @@
 ``sweep`` answers the first turn of every question under every level of every RM head (one named
 dimension per prompt), greedily, and writes every answer with its measurements: words, readability grade,
 relevance (MiniLM cosine) and the RM's expected level of each head (``moslim_pl.evaluation.text_sweep``).
+``length-signal`` prints, for a sweep, how closely each RM head follows the answers' word count among the
+answers to one question (``moslim_pl.evaluation.text_sweep.length_signal``): the length signal RL gets.
 ``report`` writes ``real_chat.json``, one PNG per measured dimension (requested level against the
 measured value, start vs trained) and ``examples.md`` (one question at the low, middle and high level).
 """
@@ -18,6 +20,7 @@ import argparse
 import contextlib
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +29,7 @@ import torch
 from moslim_pl.evaluation.controllability import rm_expected_levels
 from moslim_pl.evaluation.plots import plt
 from moslim_pl.evaluation.text_metrics import Relevance
-from moslim_pl.evaluation.text_sweep import SweepRecord, measure, summarize, sweep_answers
+from moslim_pl.evaluation.text_sweep import SweepRecord, length_signal, measure, summarize, sweep_answers
 from moslim_pl.generation import encode_prompts, generate, resolve_chat_template
 from moslim_pl.models.backbone import load_causal_lm, load_tokenizer
 from moslim_pl.models.reward_model import MultiHeadRewardModel
@@ -172,6 +175,16 @@ def report(args: argparse.Namespace) -> None:
     )
 
 
+def signal(args: argparse.Namespace) -> None:
+    """Print, per RM head, how closely it follows word count among one question's answers of a sweep."""
+    _, records = _load(args.sweep)
+    for head in records[0].rm_levels:
+        rho, questions = length_signal(records, head)
+        sys.stdout.write(
+            f"{head:12s} within-question Spearman(words, RM level) {rho:.3f} over {questions} questions\n"
+        )
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -192,8 +205,10 @@ def main() -> None:
     two.add_argument("--trained", required=True)
     two.add_argument("--out", required=True)
     two.add_argument("--minutes", type=float, default=None, help="the recipe's wall-clock minutes")
+    three = commands.add_parser("length-signal", help="how closely each RM head follows length, per question")
+    three.add_argument("sweep", help="a sweep's JSON (OUT/eval/start.json)")
     args = parser.parse_args()
-    sweep(args) if args.command == "sweep" else report(args)
+    {"sweep": sweep, "report": report, "length-signal": signal}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moslim_pl.evaluation.text_sweep import SweepRecord, measure, summarize, sweep_answers
+from moslim_pl.evaluation.text_sweep import SweepRecord, length_signal, measure, summarize, sweep_answers
 from moslim_pl.schema import Dimension
 
 DIMS = [Dimension("verbosity", 0, 2), Dimension("complexity", 0, 1)]
@@ -62,3 +62,29 @@ def test_a_measure_without_its_dimension_is_left_out() -> None:
     ]
     summary = summarize(measure(records))
     assert summary["spearman"] == {} and summary["levels"] == {}
+
+
+def test_length_signal_is_the_mean_rho_within_each_question() -> None:
+    def rec(question: str, words: int, level: float) -> SweepRecord:
+        return SweepRecord(
+            "verbosity", 0, question, "p", "r", True, words=words, rm_levels={"verbosity": level}
+        )
+
+    records = [
+        # q1: the head orders the three answers as their lengths do: rho 1
+        rec("q1", 10, 0.1),
+        rec("q1", 20, 0.5),
+        rec("q1", 30, 0.9),
+        # q2: length ranks (1, 2, 3) against head ranks (3, 1, 2): 1 - 6 * (4 + 1 + 1) / (3 * 8) = -0.5
+        rec("q2", 10, 0.9),
+        rec("q2", 20, 0.1),
+        rec("q2", 30, 0.5),
+        # q3: two distinct lengths only: left out
+        rec("q3", 10, 0.1),
+        rec("q3", 10, 0.2),
+        rec("q3", 30, 0.9),
+    ]
+    rho, questions = length_signal(records, "verbosity")
+    assert questions == 2
+    assert rho == pytest.approx((1.0 - 0.5) / 2)
+    assert length_signal(records[6:], "verbosity") == (0.0, 0)
