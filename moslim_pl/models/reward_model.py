@@ -45,7 +45,7 @@ from moslim_pl.utils.io import atomic_folder
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("auto", "last", "cls", "mean")
+POOLINGS = ("auto", "last", "cls", "mean", "mean_sqrt")
 
 
 class ScoreOutput(NamedTuple):
@@ -84,7 +84,9 @@ class MultiHeadRewardModel(nn.Module):
         dimensions: the schema; head order follows it.
         pooling: ``"auto"`` (``"last"`` for decoders, ``"mean"`` for encoders), ``"last"`` (last attended
             token, for left or right padding), ``"cls"`` (first attended token, i.e. position 0 under right
-            padding) or ``"mean"`` (mean over attended tokens).
+            padding), ``"mean"`` (mean over attended tokens) or ``"mean_sqrt"`` (sum over attended tokens
+            divided by the square root of their number, sentence-transformers' ``mean_sqrt_len_tokens``:
+            the pooled norm grows with length, so heads can read how long the text is, which a mean hides).
         tokenizer: needed by :meth:`score` and saved by :meth:`save_pretrained`.
         encoding: how :meth:`score` turns a (prompt, response) pair into ids (length budget, chat template,
             prompt cap); the datamodule must use the same for training.
@@ -150,9 +152,10 @@ class MultiHeadRewardModel(nn.Module):
     def _pool(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         """``hidden [N, T, H]``, ``attention_mask [N, T]`` -> ``[N, H]``."""
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        if self.pooling == "mean":
+        if self.pooling in ("mean", "mean_sqrt"):
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            count = mask.sum(1).clamp(min=1)
+            return (hidden * mask).sum(1) / (count if self.pooling == "mean" else count.sqrt())
         if self.pooling == "cls":
             return hidden[rows, attention_mask.long().argmax(-1)]
         # Highest attended position: the last real token whichever side the padding is on.

@@ -91,7 +91,8 @@ class RewardModelModule(OptimizerLogging, MetricEvalHooks, LightningModule):
     Args:
         backbone: a Hugging Face id or folder, or a tiny pseudo id (``moslim/tiny-llama``) built from a config.
         dimensions: the dimension schema; ``None`` takes the datamodule's (``data.dimensions``).
-        pooling: ``auto`` (last non-pad token for decoders, mean for encoders), ``last``, ``cls`` or ``mean``.
+        pooling: ``auto`` (last non-pad token for decoders, mean for encoders), ``last``, ``cls``, ``mean``
+            or ``mean_sqrt`` (sum / sqrt(tokens): keeps a length signal; see ``MultiHeadRewardModel``).
         tiny_config: overrides of the tiny backbone's config (``hidden_size``, ``num_hidden_layers``, ...).
         max_length: the RM's maximum input length (the datamodule tokenizes with it).
         chat_template: format (prompt, response) with the tokenizer's chat template.

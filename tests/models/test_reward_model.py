@@ -93,7 +93,7 @@ def test_mean_and_cls_pooling_on_tiny_bert(tokenizer) -> None:
     mean_rm = _rm("moslim/tiny-bert", tokenizer)
     assert mean_rm.pooling == "mean"  # auto resolves to mean for encoders
     ids, mask = _batch(
-        [tokenizer("the cat", "sat .")["input_ids"], tokenizer("a dog ran", "fast")["input_ids"]],
+        [tokenizer("the cat", "sat .")["input_ids"], tokenizer("a dog", "ran")["input_ids"]],
         tokenizer.pad_token_id,
         left=False,
     )
@@ -103,6 +103,11 @@ def test_mean_and_cls_pooling_on_tiny_bert(tokenizer) -> None:
     torch.testing.assert_close(_pooled(mean_rm, ids, mask)[0], hidden[0, :n].mean(0))
     cls_rm = MultiHeadRewardModel(mean_rm.backbone, DIMS, pooling="cls").eval()
     torch.testing.assert_close(_pooled(cls_rm, ids, mask), hidden[:, 0])
+    sqrt_rm = MultiHeadRewardModel(mean_rm.backbone, DIMS, pooling="mean_sqrt").eval()
+    m = int(mask[1].sum())
+    assert n != m  # two lengths: the padded row must divide by its own count
+    torch.testing.assert_close(_pooled(sqrt_rm, ids, mask)[0], hidden[0, :n].sum(0) / n**0.5)
+    torch.testing.assert_close(_pooled(sqrt_rm, ids, mask)[1], hidden[1, :m].sum(0) / m**0.5)
 
 
 def test_unknown_pooling(llama_rm: MultiHeadRewardModel) -> None:
