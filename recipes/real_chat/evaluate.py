@@ -9,7 +9,9 @@
 dimension per prompt), greedily, and writes every answer with its measurements: words, readability grade,
 relevance (MiniLM cosine) and the RM's expected level of each head (``moslim_pl.evaluation.text_sweep``).
 ``length-signal`` prints, for a sweep, how closely each RM head follows the answers' word count among the
-answers to one question (``moslim_pl.evaluation.text_sweep.length_signal``): the length signal RL gets.
+answers to one question (``moslim_pl.evaluation.text_sweep.length_signal``): the length signal RL gets;
+``--reward-model EXPORT`` scores the sweep's answers with another RM first (a candidate RM, checked on the
+start policy's answers before any RL run).
 ``report`` writes ``real_chat.json``, one PNG per measured dimension (requested level against the
 measured value, start vs trained) and ``examples.md`` (one question at the low, middle and high level).
 """
@@ -48,6 +50,14 @@ def read_questions(path: str, limit: int | None) -> list[str]:
     return questions[:limit]
 
 
+def rm_levels(rm: MultiHeadRewardModel, prompts: list[str], responses: list[str]) -> list[dict[str, float]]:
+    """The RM's expected level of every head, one ``{head: level}`` per (prompt, response)."""
+    with torch.inference_mode():
+        probs = rm.score(prompts, responses, batch_size=32).probs
+    levels = rm_expected_levels(probs, rm.dimensions)
+    return [{name: float(row[k]) for k, name in enumerate(rm.names)} for row in levels]
+
+
 def sweep(args: argparse.Namespace) -> None:
     started = time.time()
     torch.manual_seed(0)
@@ -77,15 +87,9 @@ def sweep(args: argparse.Namespace) -> None:
         log.info("%s: %d answers (%.0f s so far)", prompts[0][:24], len(prompts), time.time() - started)
         return responses, finished
 
-    def rm_levels(prompts: list[str], responses: list[str]) -> list[dict[str, float]]:
-        with torch.inference_mode():
-            probs = rm.score(prompts, responses, batch_size=32).probs
-        levels = rm_expected_levels(probs, rm.dimensions)
-        return [{name: float(row[k]) for k, name in enumerate(rm.names)} for row in levels]
-
     dimensions = [d for d in rm.dimensions if not args.dimensions or d.name in args.dimensions]
     records = sweep_answers(dimensions, questions, answer)
-    measure(records, Relevance(), rm_levels)
+    measure(records, Relevance(), lambda prompts, responses: rm_levels(rm, prompts, responses))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -176,8 +180,17 @@ def report(args: argparse.Namespace) -> None:
 
 
 def signal(args: argparse.Namespace) -> None:
-    """Print, per RM head, how closely it follows word count among one question's answers of a sweep."""
+    """Print, per RM head, how closely it follows word count among one question's answers of a sweep.
+
+    With ``--reward-model``, the sweep's answers are scored again by that RM first, so a candidate RM is
+    checked on the policy's answers in a minute, before any RL run trains against it.
+    """
     _, records = _load(args.sweep)
+    if args.reward_model:
+        rm = MultiHeadRewardModel.from_pretrained(args.reward_model).eval()
+        scores = rm_levels(rm, [r.prompt for r in records], [r.response for r in records])
+        for record, row in zip(records, scores, strict=True):
+            record.rm_levels = row
     for head in records[0].rm_levels:
         rho, questions = length_signal(records, head)
         sys.stdout.write(
@@ -207,6 +220,7 @@ def main() -> None:
     two.add_argument("--minutes", type=float, default=None, help="the recipe's wall-clock minutes")
     three = commands.add_parser("length-signal", help="how closely each RM head follows length, per question")
     three.add_argument("sweep", help="a sweep's JSON (OUT/eval/start.json)")
+    three.add_argument("--reward-model", default=None, help="score the answers with this RM export first")
     args = parser.parse_args()
     {"sweep": sweep, "report": report, "length-signal": signal}[args.command](args)
 

@@ -61,3 +61,28 @@ def test_report_writes_the_documented_json_pngs_and_examples(tmp_path: Path, mon
     ]  # fmt: skip
     examples = (tmp_path / "examples.md").read_text()
     assert "## verbosity" in examples and "| 2 |" in examples and "*(9 words)*" in examples
+
+
+def test_length_signal_scores_the_sweep_again_with_another_reward_model(
+    tmp_path: Path, monkeypatch, capsys, formality_rm: Path
+) -> None:
+    # Answers of 1..4 formal markers: the hand-built RM's formality level grows with the share of markers
+    # in prompt + answer, so with the prompt fixed it grows with the answer's length (rho +1 per question).
+    # The stored levels say the opposite (rho -1), so only a fresh scoring prints +1.
+    records = []
+    for question in ("q1", "q2"):
+        for words in range(1, 5):
+            records.append(
+                SweepRecord(
+                    "formality", 0, question, f"<formality 0> {question}", " ".join(["moreover"] * words),
+                    True, words=words, grade=0.0, relevance=0.5, rm_levels={"formality": float(-words)},
+                ).to_dict()
+            )  # fmt: skip
+    sweep = tmp_path / "start.json"
+    sweep.write_text(json.dumps({"policy": "p", "questions": 2, "seconds": 1.0, "records": records}))
+    for extra, expected in (([], "-1.000"), (["--reward-model", str(formality_rm)], "1.000")):
+        monkeypatch.setattr(sys, "argv", ["evaluate.py", "length-signal", str(sweep), *extra])
+        _evaluate().main()
+        lines = capsys.readouterr().out.splitlines()
+        formality = next(line for line in lines if line.startswith("formality"))
+        assert formality.split()[-4] == expected and formality.endswith("over 2 questions")
