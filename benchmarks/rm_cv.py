@@ -79,16 +79,9 @@ def folds_by_prompt(rows: list[dict], folds: int, seed: int) -> list[set[str]]:
 
 def capped_pairs(rows: list[dict], per_prompt: int) -> list[dict]:
     """Within-prompt pairs on every head, at most ``per_prompt`` per (prompt, head), largest gaps first."""
-    from moslim_pl.data.pairs import within_prompt_pairs
+    from moslim_pl.data.pairs import largest_gaps, within_prompt_pairs
 
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for pair in within_prompt_pairs(rows, HEADS):
-        groups.setdefault((pair["prompt"], pair["dimension"]), []).append(pair)
-    kept = []
-    for pairs in groups.values():
-        pairs.sort(key=lambda p: -p["margin"])  # stable: ties keep the derivation order
-        kept += [{k: v for k, v in p.items() if k != "margin"} for p in pairs[:per_prompt]]  # plain BT
-    return kept
+    return largest_gaps(within_prompt_pairs(rows, HEADS), per_prompt)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:

@@ -3,7 +3,7 @@ dimension make a pair judged on that dimension (the higher label is chosen).
 
 This turns rated data (HelpSteer) into the pairwise form of HH-RLHF or TRL's ``prompt``/``chosen``/
 ``rejected`` files, e.g. to compare a Bradley-Terry reward model with the classification heads on the
-same responses (``scripts/rm_cv.py``, docs/results.md).
+same responses (``benchmarks/rm_cv.py``, docs/results.md). ``scripts/derive_pairs.py`` writes such a file.
 """
 
 from __future__ import annotations
@@ -51,3 +51,21 @@ def within_prompt_pairs(
                     }
                 )
     return pairs
+
+
+def largest_gaps(pairs: Sequence[Mapping[str, Any]], per_prompt: int) -> list[dict[str, Any]]:
+    """At most ``per_prompt`` pairs per (prompt, dimension), largest ``margin`` first, ``margin`` dropped.
+
+    ``pairs``: :func:`within_prompt_pairs`' rows. Equal margins keep their input order; the result keeps
+    the groups' first-seen order, so a plain Bradley-Terry file comes out the same on every run.
+    """
+    if per_prompt < 1:
+        raise ValueError(f"per_prompt must be at least 1, got {per_prompt}")
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for pair in pairs:
+        groups.setdefault((pair["prompt"], pair["dimension"]), []).append(pair)
+    kept = []
+    for group in groups.values():
+        ranked = sorted(group, key=lambda pair: -pair["margin"])  # stable
+        kept += [{k: v for k, v in pair.items() if k != "margin"} for pair in ranked[:per_prompt]]
+    return kept
