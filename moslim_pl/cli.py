@@ -377,7 +377,9 @@ def main(args: list[str] | None = None) -> None:
         if help_text is not None:
             sys.stdout.write(help_text)
             return
-        MoslimCLI(args=args)
+        if args is None:  # rewritten in place: LightningCLI warns when given args beside a command line
+            sys.argv[1:] = modules.settings.null_field_args(sys.argv[1:])
+        MoslimCLI(args=None if args is None else modules.settings.null_field_args(args))
         _close_process_group()
     except Exception as err:
         user_error = _user_error(err)

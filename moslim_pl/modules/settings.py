@@ -21,6 +21,9 @@ groups replace (``--model.learning_rate``...) are listed in ``docs/user_guide.md
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,7 +32,15 @@ from moslim_pl.losses.kl import AdaptiveKLController, FixedKLController, kl_cont
 from moslim_pl.rewards.mapping import MAPPINGS, parse_aggregation
 from moslim_pl.utils.hparams import as_dataclass
 
-__all__ = ["GROUPS", "KLConfig", "OptimConfig", "RewardConfig", "SamplingConfig", "settings_group"]
+__all__ = [
+    "GROUPS",
+    "KLConfig",
+    "OptimConfig",
+    "RewardConfig",
+    "SamplingConfig",
+    "null_field_args",
+    "settings_group",
+]
 
 
 @dataclass(frozen=True)
@@ -177,6 +188,31 @@ GROUPS: dict[str, type] = {
     "kl": KLConfig,
 }
 """Every settings group by its constructor argument's name."""
+
+_NULL_FIELD = re.compile(rf"^--model\.({'|'.join(GROUPS)})\.([A-Za-z_][A-Za-z0-9_]*)(=(null|None))?$")
+
+
+def null_field_args(args: Sequence[str]) -> list[str]:
+    """``args`` with each ``--model.<group>.<field> null`` turned into ``--model.<group> {"<field>": null}``.
+
+    jsonargparse (4.x) rejects ``null`` in the dotted form of a dataclass field under a ``class_path``
+    model ("Expected a <class 'float'>"), so ``--model.reward.missing_eos_penalty null`` could not turn a
+    penalty off. The group's JSON form sets the same field, merged into the group's other values.
+    """
+    out: list[str] = []
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        match = _NULL_FIELD.match(arg)
+        inline = bool(match and match.group(3))
+        if match and not inline and rest and rest[0] in ("null", "None"):
+            rest.pop(0)
+        elif not inline:
+            out.append(arg)
+            continue
+        out += [f"--model.{match.group(1)}", json.dumps({match.group(2): None})]
+    return out
+
 
 T = TypeVar("T")
 

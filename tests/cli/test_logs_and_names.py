@@ -176,6 +176,46 @@ def test_short_class_names_resolve(capsys: pytest.CaptureFixture) -> None:
     assert config["model"]["init_args"]["reward"]["mapping"] == "gaussian"  # the config's options stay too
 
 
+@pytest.mark.parametrize("form", ["spaced", "inline"])
+def test_a_settings_field_is_set_to_null_from_the_command_line(
+    capsys: pytest.CaptureFixture, form: str
+) -> None:
+    # jsonargparse rejects `--model.reward.empty_penalty null` under a class_path model; main rewrites it
+    # into the group's JSON form, which keeps the config's other fields of the group.
+    if form == "spaced":
+        nulls = ["--model.reward.empty_penalty", "null", "--model.sampling.chat_template", "None"]
+    else:
+        nulls = ["--model.reward.empty_penalty=null", "--model.sampling.chat_template=None"]
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "fit",
+                "--config",
+                RLOO_CONFIG,
+                "--model.sampling.chat_template",
+                "false",
+                *nulls,
+                "--print_config",
+            ]
+        )
+    config = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    assert config["reward"]["empty_penalty"] is None and config["sampling"]["chat_template"] is None
+    assert config["reward"]["mapping"] == "gaussian" and config["sampling"]["max_new_tokens"] == 64
+
+
+def test_null_field_args_leaves_other_arguments_alone() -> None:
+    from moslim_pl.modules.settings import null_field_args
+
+    args = ["fit", "--model.reward.z_clip", "2", "--model.lora.r", "null", "--data.reward.x", "null"]
+    assert null_field_args(args) == args  # a value, a group that is no settings group, not under --model
+    assert null_field_args(["--model.kl.target=null", "--model.kl.coef", "0.1"]) == [
+        "--model.kl",
+        '{"target": null}',
+        "--model.kl.coef",
+        "0.1",
+    ]
+
+
 @pytest.mark.parametrize(
     ("kept", "lost"),
     [
