@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
 from moslim_pl.data.synthetic import CASUAL_MARKERS, DIMENSIONS, FORMAL_MARKERS
 from moslim_pl.evaluation import tensorboard
-from moslim_pl.models.backbone import load_backbone, load_tokenizer
+from moslim_pl.models.handbuilt import embedding_readout_backbone
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +55,19 @@ HIDDEN = 16
 WEIGHT = 20.0
 
 
+@pytest.fixture
+def load_script():
+    """``load_script(path)``: a script outside the package (recipes/, benchmarks/) imported as a module."""
+
+    def load(path: Path) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
 @pytest.fixture(scope="session")
 def formality_rm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An RM export whose formality head counts markers: no training, weights set by hand.
@@ -63,21 +78,10 @@ def formality_rm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     and the formality head's logit of level 2 (formal) is ``WEIGHT`` times the formal share, that of
     level 0 (casual) ``WEIGHT`` times the casual share. The other heads are uniform.
     """
-    tokenizer = load_tokenizer("moslim/tiny-llama")
-    config = {
-        "hidden_size": HIDDEN,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "intermediate_size": 32,
-    }
-    backbone = load_backbone("moslim/tiny-llama", tokenizer=tokenizer, tiny_config=config)
+    backbone, tokenizer = embedding_readout_backbone(HIDDEN)
     rm = MultiHeadRewardModel(backbone, DIMENSIONS, pooling="mean", tokenizer=tokenizer)
     with torch.no_grad():
-        for layer in backbone.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
         embeddings = backbone.get_input_embeddings().weight
-        embeddings.zero_()
         embeddings[:, 2] = 1.0
         for axis, markers in ((0, FORMAL_MARKERS), (1, CASUAL_MARKERS)):
             for ids in tokenizer.convert_tokens_to_ids(list(markers)):

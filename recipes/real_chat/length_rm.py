@@ -9,8 +9,8 @@ training, one head ``verbosity`` (HelpSteer's 0-4 in 3 bins, as the recipe's dat
 cut at ``--thresholds`` tokens of the answer (the tiny word-level tokenizer: words and punctuation marks;
 the prompt is not read, ``max_prompt_length`` 0).
 
-How the weights make it (tested in tests/recipes/test_length_rm.py): every token embeds as ``e0`` and
-the one layer's output projections are zero, so each position's final hidden state is
+How the weights make it (tested in tests/recipes/test_length_rm.py): every token embeds as ``e0`` in
+``moslim_pl.models.handbuilt.embedding_readout_backbone``, so each position's final hidden state is
 ``RMSNorm(e0) = sqrt(H) * e0``; ``mean_sqrt`` pooling of ``n`` tokens gives ``sqrt(n * H) * e0``. The
 head's logit of level ``l`` is ``a * (l * sqrt(n) - c_l)`` with ``c_0 = 0``, ``c_1 = sqrt(t1)``,
 ``c_2 = sqrt(t1) + sqrt(t2)``: levels 0 and 1 tie at ``n = t1`` tokens, 1 and 2 at ``n = t2``, and the
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from moslim_pl.data.encoding import PairEncoding
-from moslim_pl.models.backbone import load_backbone, load_tokenizer
+from moslim_pl.models.handbuilt import embedding_readout_backbone
 from moslim_pl.models.reward_model import MultiHeadRewardModel
 from moslim_pl.schema import Dimension
 
@@ -42,14 +42,7 @@ def length_reward_model(thresholds: tuple[float, float], sharpness: float) -> Mu
         raise ValueError(f"thresholds must satisfy 0 < t1 < t2, got {thresholds}")
     if not sharpness > 0:
         raise ValueError(f"sharpness must be positive, got {sharpness}")
-    tokenizer = load_tokenizer("moslim/tiny-llama")
-    config = {
-        "hidden_size": HIDDEN,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "intermediate_size": 32,
-    }
-    backbone = load_backbone("moslim/tiny-llama", tokenizer=tokenizer, tiny_config=config)
+    backbone, tokenizer = embedding_readout_backbone(HIDDEN)
     rm = MultiHeadRewardModel(
         backbone,
         [VERBOSITY],
@@ -59,11 +52,7 @@ def length_reward_model(thresholds: tuple[float, float], sharpness: float) -> Mu
     )
     offsets = torch.tensor([0.0, math.sqrt(low), math.sqrt(low) + math.sqrt(high)])
     with torch.no_grad():
-        for layer in backbone.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
         embeddings = backbone.get_input_embeddings().weight
-        embeddings.zero_()
         embeddings[:, 0] = 1.0
         head = rm.heads["verbosity"]
         head.weight.zero_()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -15,13 +14,6 @@ from moslim_pl.models.reward_model import MultiHeadRewardModel
 SCRIPT = Path(__file__).resolve().parents[2] / "recipes" / "real_chat" / "length_rm.py"
 
 
-def _module():
-    spec = importlib.util.spec_from_file_location("real_chat_length_rm", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _probs(n: int, t1: float, t2: float, a: float) -> torch.Tensor:
     """By hand: logits a * (l * sqrt(n) - c_l), c = (0, sqrt(t1), sqrt(t1) + sqrt(t2))."""
     s = math.sqrt(n)
@@ -29,9 +21,9 @@ def _probs(n: int, t1: float, t2: float, a: float) -> torch.Tensor:
     return logits.softmax(-1)
 
 
-def test_the_export_reads_only_the_answers_token_count(tmp_path: Path, monkeypatch) -> None:
+def test_the_export_reads_only_the_answers_token_count(tmp_path: Path, monkeypatch, load_script) -> None:
     monkeypatch.setattr(sys, "argv", ["length_rm.py", str(tmp_path / "rm"), "--thresholds", "4", "9"])
-    _module().main()
+    load_script(SCRIPT).main()
     rm = MultiHeadRewardModel.from_pretrained(tmp_path / "rm").eval()
     # The tiny tokenizer encodes "" [SEP] answer [EOS] (the prompt is cut to 0 tokens): n = words + 2; an
     # empty answer encodes to no token at all (n = 0: the pooled vector is 0, logits -a * c_l).
@@ -45,8 +37,8 @@ def test_the_export_reads_only_the_answers_token_count(tmp_path: Path, monkeypat
     assert levels.tolist() == sorted(levels.tolist()) and levels[-1] > 1.5 > 0.5 > levels[0]
 
 
-def test_bad_thresholds_are_refused() -> None:
-    module = _module()
+def test_bad_thresholds_are_refused(load_script) -> None:
+    module = load_script(SCRIPT)
     with pytest.raises(ValueError, match="0 < t1 < t2"):
         module.length_reward_model((9.0, 4.0), 1.0)
     with pytest.raises(ValueError, match="sharpness must be positive"):

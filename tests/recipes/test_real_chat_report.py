@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -12,13 +11,6 @@ import pytest
 from moslim_pl.evaluation.text_sweep import SweepRecord
 
 SCRIPT = Path(__file__).resolve().parents[2] / "recipes" / "real_chat" / "evaluate.py"
-
-
-def _evaluate():
-    spec = importlib.util.spec_from_file_location("real_chat_evaluate", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _sweep(path: Path, words_per_level: dict[int, int]) -> None:
@@ -37,13 +29,15 @@ def _sweep(path: Path, words_per_level: dict[int, int]) -> None:
     path.write_text(json.dumps({"policy": "p", "questions": 2, "seconds": 1.0, "records": records}))
 
 
-def test_report_writes_the_documented_json_pngs_and_examples(tmp_path: Path, monkeypatch) -> None:
+def test_report_writes_the_documented_json_pngs_and_examples(
+    tmp_path: Path, monkeypatch, load_script
+) -> None:
     _sweep(tmp_path / "start.json", {0: 5, 1: 5, 2: 5})  # ignores the prefix
     _sweep(tmp_path / "trained.json", {0: 2, 1: 6, 2: 9})  # follows it
     argv = ["evaluate.py", "report", "--start", str(tmp_path / "start.json"), "--trained"]
     argv += [str(tmp_path / "trained.json"), "--out", str(tmp_path), "--minutes", "3.5"]
     monkeypatch.setattr(sys, "argv", argv)
-    _evaluate().main()
+    load_script(SCRIPT).main()
     result = json.loads((tmp_path / "real_chat.json").read_text())
     assert result["eval_prompts"] == 2 and result["minutes"] == 3.5
     for name in ("start", "trained"):
@@ -64,7 +58,7 @@ def test_report_writes_the_documented_json_pngs_and_examples(tmp_path: Path, mon
 
 
 def test_length_signal_scores_the_sweep_again_with_another_reward_model(
-    tmp_path: Path, monkeypatch, capsys, formality_rm: Path
+    tmp_path: Path, monkeypatch, capsys, formality_rm: Path, load_script
 ) -> None:
     # Answers of 1..4 formal markers: the hand-built RM's formality level grows with the share of markers
     # in prompt + answer, so with the prompt fixed it grows with the answer's length (rho +1 per question).
@@ -82,7 +76,7 @@ def test_length_signal_scores_the_sweep_again_with_another_reward_model(
     sweep.write_text(json.dumps({"policy": "p", "questions": 2, "seconds": 1.0, "records": records}))
     for extra, expected in (([], "-1.000"), (["--reward-model", str(formality_rm)], "1.000")):
         monkeypatch.setattr(sys, "argv", ["evaluate.py", "length-signal", str(sweep), *extra])
-        _evaluate().main()
+        load_script(SCRIPT).main()
         lines = capsys.readouterr().out.splitlines()
         formality = next(line for line in lines if line.startswith("formality"))
         assert formality.split()[-4] == expected and formality.endswith("over 2 questions")
