@@ -310,7 +310,7 @@ CASES = {
     ),
     "unknown_pooling": (
         lambda ws: ws.rm_fit("--model.init_args.pooling=max"),
-        "unknown pooling 'max'; expected one of auto, last, cls, mean",
+        "unknown pooling 'max'; expected one of auto, last, cls, mean, mean_sqrt",
     ),
     # ---- models
     "backbone_missing_folder": (
