@@ -18,27 +18,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 OUT=${1:?usage: recipes/real_chat/run.sh OUTDIR}
-HELPSTEER=${HELPSTEER:-../shared/data/helpsteer_sample.jsonl}
-MT_BENCH=${MT_BENCH:-../shared/data/mt_bench_questions.jsonl}
-PRECISION=${PRECISION:-bf16-mixed}
 mkdir -p "$OUT"
 started=$(date +%s)
-
-if [[ -f "$HELPSTEER" ]]; then
-  case "$HELPSTEER" in
-    *.parquet) format=parquet ;;
-    *.csv) format=csv ;;
-    *) format=json ;;
-  esac
-  source_args=(--data.source.path "$format" --data.source.data_files "$HELPSTEER")
-else
-  source_args=(--data.source.path "$HELPSTEER")
-fi
-[[ -f "$MT_BENCH" ]] || { echo "run.sh: no evaluation questions at $MT_BENCH (set MT_BENCH)" >&2; exit 2; }
+# shellcheck source=recipes/real_chat/common.sh
+. recipes/real_chat/common.sh  # HELPSTEER, MT_BENCH, PRECISION -> source_args, bf16, START
 
 RM="$OUT/real_chat_rm/version_0/export"
 POLICY="$OUT/real_chat_rloo/version_0/export"
-START=HuggingFaceTB/SmolLM2-135M-Instruct
 common=(--trainer.logger.init_args.save_dir "$OUT" --trainer.logger.init_args.version 0
         --trainer.enable_progress_bar false)
 
@@ -53,8 +39,6 @@ if [[ ! -f "$POLICY/config.json" ]]; then
     --model.reward_model "$RM" --trainer.precision "$PRECISION" ${STEPS:+--trainer.max_steps "$STEPS"}
 fi
 
-bf16=()
-[[ "$PRECISION" == bf16* ]] && bf16=(--bf16)
 for which in start trained; do
   echo "== $([[ $which == start ]] && echo 3 || echo 4)/4 sweep of the $which policy over $MT_BENCH"
   policy=$([[ $which == start ]] && echo "$START" || echo "$POLICY")
