@@ -176,6 +176,24 @@ def test_score_batches_and_mappings(llama_rm: MultiHeadRewardModel) -> None:
     assert llama_rm.training is False
 
 
+def test_score_maps_given_probabilities(llama_rm: MultiHeadRewardModel) -> None:
+    # an exact judge's probabilities: the model is not run, the mapping and the targets are the RM's
+    llama_rm.stats_mean.fill_(0.25)
+    llama_rm.stats_std.fill_(0.5)
+    llama_rm.stats_count.fill_(10.0)
+    probs = torch.zeros(2, 2, 4)
+    probs[0, 0, 3] = probs[1, 0, 1] = 1.0  # quality: class 3, then class 1
+    probs[0, 1, 0] = probs[1, 1, 2] = 1.0  # length: class 0 (level 1), then class 2 (level 3)
+    out = llama_rm.score(["<quality 3> <length 3> a", "<quality 3> b"], ["x", "y"], probs=probs)
+    torch.testing.assert_close(out.probs, probs, atol=0, rtol=0)
+    # row 0: quality hit (1 - 0.25) / 0.5 = 1.5, length miss (0 - 0.25) / 0.5 = -0.5 -> mean 0.5
+    # row 1: quality miss -0.5, length not named
+    torch.testing.assert_close(out.reward, torch.tensor([0.5, -0.5]), atol=1e-4, rtol=0)
+    assert out.hit.tolist() == [[True, False], [False, False]]
+    with pytest.raises(ValueError, match=r"probs must be \[N, K, L\] = \[2, 2, 4\], got \[2, 2, 3\]"):
+        llama_rm.score(["a", "b"], ["x", "y"], probs=torch.zeros(2, 2, 3))
+
+
 def test_gaussian_without_statistics_warns_once(llama_rm: MultiHeadRewardModel, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="moslim_pl.models.reward_model"):
         llama_rm.score(["a"], ["b"], mapping="expected_level")
