@@ -12,7 +12,7 @@
 # then answers the same held-out prompts for the same grid of requests with every method
 # (moslim_pl/baselines/comparison.py) and writes OUTDIR/comparison.json and the table. It also trains
 # three reward models with labels coarsened to 2, 3 and all levels (OUTDIR/granularity.json).
-# Two lanes run side by side (one per core): 11-13 minutes per seed on an otherwise idle 2-core machine
+# Two lanes run side by side (one per core): about 21 minutes per seed on an otherwise idle 2-core machine
 # (docs/paper_comparison.md).
 #
 # Seeds: SEED=n passes --seed_everything n to every stage (initial weights, dropout, RL sampling); the
