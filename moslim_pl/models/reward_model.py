@@ -236,8 +236,7 @@ class MultiHeadRewardModel(nn.Module):
                 (``moslim_pl.rewards.mapping.gaussian_mapping``); the defaults leave it unguarded.
             aggregation: ``mean`` (the paper's), ``min`` or ``softmin[:tau]`` of the named dimensions' terms
                 (``moslim_pl.rewards.mapping.parse_aggregation``).
-            probs: ``[N, K, L]`` per-head probabilities to map instead of the model's (an exact judge's,
-                e.g. ``benchmarks/oracle_reward.py``); the model is not run. Default: the model's.
+            probs: ``[N, K, L]`` probabilities to map instead of the model's (``benchmarks/oracle_reward.py``).
         """
         if self.tokenizer is None:
             raise MoslimError("score() needs a tokenizer: pass tokenizer= to MultiHeadRewardModel")
@@ -259,16 +258,11 @@ class MultiHeadRewardModel(nn.Module):
         rows = [levels for levels, _ in parsed] if targets is None else targets
         target_idx = resolve_targets(self.targets_tensor(rows), self.default_targets_tensor())
         if probs is None:
-            encoded = [
-                self.encoding.encode(self.tokenizer, text, response)
-                for (_, text), response in zip(parsed, responses, strict=True)
-            ]
+            pairs = zip(parsed, responses, strict=True)
+            encoded = [self.encoding.encode(self.tokenizer, text, response) for (_, text), response in pairs]
             probs = self._batched_probabilities(encoded, batch_size)
-        elif tuple(probs.shape) != (len(prompts), len(self._dimensions), self.max_levels):
-            raise MoslimError(
-                f"score(): probs must be [N, K, L] = [{len(prompts)}, {len(self._dimensions)}, "
-                f"{self.max_levels}], got {list(probs.shape)}"
-            )
+        elif (shape := [len(prompts), len(self._dimensions), self.max_levels]) != list(probs.shape):
+            raise MoslimError(f"score(): probs must be [N, K, L] = {shape}, got {list(probs.shape)}")
         out = map_rewards(
             mapping,
             probs,
