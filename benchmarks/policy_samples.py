@@ -81,7 +81,9 @@ def main() -> None:
     try:
         request = {k: int(v) for k, v in (item.split("=") for item in args.request.split(",") if item)}
     except ValueError:
-        parser.error(f"--request: expected name=level[,name=level...], e.g. helpfulness=1, got {args.request!r}")
+        parser.error(
+            f"--request: expected name=level[,name=level...], e.g. helpfulness=1, got {args.request!r}"
+        )
     data = PromptDataModule(synthetic=SyntheticConfig(num_prompts=300, seed=0), num_test_prompts=args.prompts)
     prompts = [format_prefix(request, p) for p in data.sweep_prompts()]
     tokenizer = load_tokenizer(args.policy)
